@@ -32,6 +32,13 @@ const char* CodeName(Code code) {
   return "Unknown";
 }
 
+Code CodeFromName(std::string_view name) {
+  for (int c = 0; c <= static_cast<int>(Code::kInternal); ++c) {
+    if (name == CodeName(static_cast<Code>(c))) return static_cast<Code>(c);
+  }
+  return Code::kInternal;
+}
+
 Status Status::FromErrno(int err, const std::string& what) {
   std::string m = what + ": " + std::strerror(err);
   switch (err) {

@@ -8,6 +8,7 @@
 
 #include <cassert>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -38,6 +39,8 @@ enum class Code : int {
 };
 
 const char* CodeName(Code code);
+// The inverse of CodeName; kInternal for an unknown name.
+Code CodeFromName(std::string_view name);
 
 class [[nodiscard]] Status {
  public:

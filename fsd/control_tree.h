@@ -1,0 +1,152 @@
+// ControlTree: the Plan 9-style control files under constellation/ (docs/tree.md), independent of
+// FUSE so it can be tested directly. Each object kind has a static table of its files (name, mode,
+// reader, writer) and each ctl file a table of verbs. A write goes one way for every file:
+// look up the file → its writer turns the value into a Command (or refuses) → the command is
+// proposed and applied → the verdict is returned, recorded in audit (refusals too) and kept in the
+// object's `error` file.
+//
+// Inode numbers: 1 is the mount root, 2 is cluster/ (the DFS root, later), and every control-tree
+// node has the top bit set, so the two numbering spaces never meet.
+// Thread-safety: every method is safe from any thread.
+#ifndef CONSTELLATION_FSD_CONTROL_TREE_H_
+#define CONSTELLATION_FSD_CONTROL_TREE_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "node/base/status.h"
+#include "node/state/replica.h"
+
+namespace constellation {
+
+inline constexpr uint64_t kRootIno = 1;
+inline constexpr uint64_t kClusterIno = 2;
+inline constexpr uint64_t kControlInoBit = 1ull << 63;
+inline constexpr size_t kMaxControlWriteBytes = 64 * 1024;
+
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int32_t pid = 0;
+};
+
+struct Attr {
+  uint64_t ino = 0;
+  mode_t mode = 0;  // including the file type bits
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t nlink = 1;
+  int64_t mtime_ms = 0;
+};
+
+struct DirEntry {
+  std::string name;
+  uint64_t ino;
+  mode_t mode;
+};
+
+struct ControlTreeOptions {
+  Replica* replica = nullptr;
+  std::string node_name;
+  std::string version;
+  std::string data_dir;  // for nodes/<self>/disk_mb
+  int64_t start_ms = 0;
+  std::function<int64_t()> now_ms;
+  // Local (not replicated) `constellation/ctl` verbs.
+  std::function<Status(const std::string& level)> set_log_level;
+};
+
+class ControlTree {
+ public:
+  explicit ControlTree(ControlTreeOptions options);
+
+  // Lookup counts references the kernel holds (FUSE nlookup); Forget drops them.
+  Result<Attr> Lookup(uint64_t parent, std::string_view name);
+  void Forget(uint64_t ino, uint64_t nlookup);
+  Result<Attr> GetAttr(uint64_t ino);
+  Result<std::vector<DirEntry>> ReadDir(uint64_t ino);
+  bool IsEventsFile(uint64_t ino);
+  // A `ctl` file: each write(2) is one command.
+  bool IsCtlFile(uint64_t ino);
+  // The content of a file, read from the current state.
+  Result<std::string> Read(uint64_t ino);
+  // Applies one write(2): `data` is one whole value; a trailing newline is dropped.
+  Status Write(uint64_t ino, std::string_view data, const Caller& caller);
+  Result<Attr> Mkdir(uint64_t parent, std::string_view name, const Caller& caller);
+  Status Rmdir(uint64_t parent, std::string_view name, const Caller& caller);
+  // The refusal for operations the tree does not allow (create, unlink, rename ...), with its
+  // message stored in the right `error` file and the attempt audited.
+  Status Refuse(uint64_t parent, std::string_view name, std::string_view op, Status why,
+                const Caller& caller);
+
+  // Inodes currently remembered (for tests of Forget).
+  size_t inode_count();
+
+ private:
+  enum class Kind {
+    kRoot,
+    kClusterDir,
+    kCtlDir,
+    kCtlFile,
+    kNodesDir,
+    kNodeDir,
+    kNodeFile,
+    kInstancesDir,
+    kInstanceDir,
+    kInstanceFile
+  };
+  struct Node {
+    Kind kind;
+    std::string object;  // node or instance name
+    int file = -1;       // index in the kind's file table
+  };
+  struct FileSpec;
+  struct Tables;  // the static file tables, in the .cc
+  friend struct Tables;
+  struct Entry {
+    Node node;
+    uint64_t nlookup = 0;
+  };
+
+  Result<Node> Resolve(uint64_t ino);
+  uint64_t InoFor(const Node& node, bool count_lookup);
+  Result<Attr> AttrFor(const Node& node, uint64_t ino);
+  Result<Node> Child(const Node& parent, std::string_view name);
+  static const FileSpec* FilesOf(Kind kind, size_t* count);
+  std::string PathOf(const Node& node);
+  std::string ErrorKey(const Node& node);
+  void SetError(const std::string& key, const Status& verdict);
+  Status Propose(Command c, const Caller& caller, const std::string& error_key);
+
+  // Readers and writers named by the tables.
+  Result<std::string> ReadStatus(const Node& n);
+  Result<std::string> ReadAudit(const Node& n);
+  Result<std::string> ReadError(const Node& n);
+  Result<Command> WriteClusterCtl(const Node& n, std::string_view value);
+  Result<std::string> ReadNodeFile(const Node& n);
+  Result<Command> WriteNodeLabels(const Node& n, std::string_view value);
+  Result<std::string> ReadInstanceField(const Node& n);
+  Result<Command> WriteInstanceField(const Node& n, std::string_view value);
+  Result<std::string> ReadInstanceSpec(const Node& n);
+  Result<Command> WriteInstanceSpec(const Node& n, std::string_view value);
+  Result<Command> WriteInstanceCtl(const Node& n, std::string_view value);
+  Result<std::string> ReadInstanceRuntime(const Node& n);
+
+  const ControlTreeOptions options_;
+  std::mutex mu_;  // guards the maps below
+  std::unordered_map<uint64_t, Entry> inodes_;
+  std::map<std::string, uint64_t> ino_by_key_;
+  uint64_t next_ino_ = 1000;
+  std::map<std::string, std::string> errors_;  // error key → message
+};
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_FSD_CONTROL_TREE_H_

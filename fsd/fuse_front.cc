@@ -1,0 +1,506 @@
+#define FUSE_USE_VERSION 312
+#include "fsd/fuse_front.h"
+
+#include <fcntl.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <poll.h>
+#include <sys/stat.h>
+
+#include <condition_variable>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "fsd/errno.h"
+#include "node/base/log.h"
+
+namespace constellation {
+namespace {
+
+struct Handle {
+  uint64_t ino = 0;
+  bool events = false;
+  bool accumulate = false;  // writes build one value (all but ctl files), see Write
+  std::mutex mu;  // guards the fields below
+  std::string written;  // what this open file has written, by offset
+  bool has_snapshot = false;
+  std::string snapshot;
+  uint64_t cursor = 0;
+  fuse_pollhandle* ph = nullptr;
+};
+
+Handle* HandleOf(fuse_file_info* fi) { return reinterpret_cast<Handle*>(fi->fh); }
+
+struct stat ToStat(const Attr& a) {
+  struct stat st;
+  std::memset(&st, 0, sizeof st);
+  st.st_ino = a.ino;
+  st.st_mode = a.mode;
+  st.st_nlink = a.nlink;
+  st.st_uid = a.uid;
+  st.st_gid = a.gid;
+  st.st_blksize = 4096;
+  st.st_mtim.tv_sec = a.mtime_ms / 1000;
+  st.st_mtim.tv_nsec = (a.mtime_ms % 1000) * 1000000;
+  st.st_ctim = st.st_mtim;
+  st.st_atim = st.st_mtim;
+  return st;
+}
+
+Caller CallerOf(fuse_req_t req) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  return Caller{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid),
+                static_cast<int32_t>(ctx->pid)};
+}
+
+}  // namespace
+
+struct FuseFront::Impl {
+  FuseFrontOptions options;
+  ControlTree* tree;
+  EventHub* hub;
+  fuse_session* se = nullptr;
+  bool mounted = false;
+
+  // A read of constellation/events waiting for an event, answered by the dispatcher.
+  struct Parked {
+    fuse_req_t req;
+    Handle* handle;
+    size_t size;
+    bool registering;  // fuse_req_interrupt_func not yet returned: nobody may reply yet
+    bool interrupted;
+  };
+  std::mutex mu;  // guards the fields below
+  std::condition_variable cv;
+  std::map<uint64_t, Parked> parked;
+  uint64_t next_token = 1;
+  std::set<Handle*> event_handles;
+  bool wake = false;
+  bool stopping = false;
+  std::thread dispatcher;
+
+  static Impl* From(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
+
+  void Wake() {
+    std::lock_guard<std::mutex> l(mu);
+    wake = true;
+    cv.notify_one();
+  }
+
+  // The interrupt callback never replies (libfuse may call it with the request's lock held); it
+  // marks the read and lets the dispatcher answer EINTR.
+  static void OnInterrupt(fuse_req_t req, void* data) {
+    Impl* self = From(req);
+    uint64_t token = reinterpret_cast<uintptr_t>(data);
+    std::lock_guard<std::mutex> l(self->mu);
+    auto it = self->parked.find(token);
+    if (it == self->parked.end()) return;
+    it->second.interrupted = true;
+    self->wake = true;
+    self->cv.notify_one();
+  }
+
+  void Dispatch() {
+    for (;;) {
+      std::vector<std::pair<fuse_req_t, std::string>> answers;
+      std::vector<fuse_req_t> interrupted;
+      std::vector<fuse_pollhandle*> polls;
+      bool stop;
+      {
+        std::unique_lock<std::mutex> l(mu);
+        cv.wait(l, [&] { return wake || stopping; });
+        wake = false;
+        stop = stopping;
+        for (auto it = parked.begin(); it != parked.end();) {
+          Parked& p = it->second;
+          if (p.registering) {
+            ++it;
+            continue;
+          }
+          if (p.interrupted || stop) {
+            interrupted.push_back(p.req);
+            it = parked.erase(it);
+            continue;
+          }
+          std::lock_guard<std::mutex> hl(p.handle->mu);
+          std::string data = hub->Read(&p.handle->cursor, p.size);
+          if (data.empty()) {
+            ++it;
+            continue;
+          }
+          answers.emplace_back(p.req, std::move(data));
+          it = parked.erase(it);
+        }
+        for (Handle* h : event_handles) {
+          std::lock_guard<std::mutex> hl(h->mu);
+          if (h->ph != nullptr && hub->HasNew(h->cursor)) {
+            polls.push_back(h->ph);
+            h->ph = nullptr;
+          }
+        }
+      }
+      for (auto& [req, data] : answers) fuse_reply_buf(req, data.data(), data.size());
+      for (fuse_req_t req : interrupted) fuse_reply_err(req, EINTR);
+      for (fuse_pollhandle* ph : polls) {
+        fuse_lowlevel_notify_poll(ph);
+        fuse_pollhandle_destroy(ph);
+      }
+      if (stop) return;
+    }
+  }
+
+  void ReadEvents(fuse_req_t req, Handle* h, size_t size, int flags) {
+    {
+      std::lock_guard<std::mutex> hl(h->mu);
+      std::string data = hub->Read(&h->cursor, size);
+      if (!data.empty()) {
+        fuse_reply_buf(req, data.data(), data.size());
+        return;
+      }
+    }
+    if (flags & O_NONBLOCK) {
+      fuse_reply_err(req, EAGAIN);
+      return;
+    }
+    uint64_t token;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      token = next_token++;
+      parked[token] = Parked{req, h, size, true, false};
+    }
+    fuse_req_interrupt_func(req, &Impl::OnInterrupt, reinterpret_cast<void*>(token));
+    std::lock_guard<std::mutex> l(mu);
+    auto it = parked.find(token);
+    if (it != parked.end()) it->second.registering = false;
+    // An event may have arrived while registering: let the dispatcher look again.
+    wake = true;
+    cv.notify_one();
+  }
+
+  // --- FUSE operations ------------------------------------------------------------------------
+
+  static void ReplyStatus(fuse_req_t req, const Status& s) { fuse_reply_err(req, ToErrno(s)); }
+
+  static void ReplyEntry(fuse_req_t req, const Result<Attr>& a) {
+    if (!a.ok()) return ReplyStatus(req, a.status());
+    fuse_entry_param e;
+    std::memset(&e, 0, sizeof e);
+    e.ino = a->ino;
+    e.generation = 1;
+    e.attr = ToStat(*a);
+    e.attr_timeout = 0;
+    e.entry_timeout = 0;
+    fuse_reply_entry(req, &e);
+  }
+
+  static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    ReplyEntry(req, From(req)->tree->Lookup(parent, name));
+  }
+
+  static void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+    From(req)->tree->Forget(ino, nlookup);
+    fuse_reply_none(req);
+  }
+
+  static void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+    for (size_t i = 0; i < count; ++i) From(req)->tree->Forget(forgets[i].ino, forgets[i].nlookup);
+    fuse_reply_none(req);
+  }
+
+  static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    Result<Attr> a = From(req)->tree->GetAttr(ino);
+    if (!a.ok()) return ReplyStatus(req, a.status());
+    struct stat st = ToStat(*a);
+    fuse_reply_attr(req, &st, 0);
+  }
+
+  static void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat*, int to_set, fuse_file_info*) {
+    Result<Attr> a = From(req)->tree->GetAttr(ino);
+    if (!a.ok()) return ReplyStatus(req, a.status());
+    if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+      { fuse_reply_err(req, EPERM); return; }
+    }
+    if ((to_set & FUSE_SET_ATTR_SIZE) && S_ISDIR(a->mode)) { fuse_reply_err(req, EISDIR); return; }
+    // Truncation (the shell's `>`) and timestamps are accepted and change nothing: a control
+    // file's value changes only by write(2).
+    struct stat st = ToStat(*a);
+    fuse_reply_attr(req, &st, 0);
+  }
+
+  static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    Result<std::vector<DirEntry>> entries = From(req)->tree->ReadDir(ino);
+    if (!entries.ok()) return ReplyStatus(req, entries.status());
+    std::vector<DirEntry> all;
+    all.push_back(DirEntry{".", ino, S_IFDIR});
+    all.push_back(DirEntry{"..", ino, S_IFDIR});
+    for (DirEntry& e : *entries) all.push_back(std::move(e));
+    std::string buf(size, '\0');
+    size_t used = 0;
+    for (size_t i = static_cast<size_t>(off); i < all.size(); ++i) {
+      struct stat st;
+      std::memset(&st, 0, sizeof st);
+      st.st_ino = all[i].ino;
+      st.st_mode = all[i].mode;
+      size_t need = fuse_add_direntry(req, &buf[used], size - used, all[i].name.c_str(), &st,
+                                      static_cast<off_t>(i + 1));
+      if (need > size - used) break;
+      used += need;
+    }
+    fuse_reply_buf(req, buf.data(), used);
+  }
+
+  static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    Impl* self = From(req);
+    Result<Attr> a = self->tree->GetAttr(ino);
+    if (!a.ok()) return ReplyStatus(req, a.status());
+    if (S_ISDIR(a->mode)) { fuse_reply_err(req, EISDIR); return; }
+    auto* h = new Handle;
+    h->ino = ino;
+    h->events = self->tree->IsEventsFile(ino);
+    h->accumulate = !self->tree->IsCtlFile(ino);
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    if (h->events) {
+      fi->nonseekable = 1;
+      h->cursor = self->hub->Subscribe();
+      std::lock_guard<std::mutex> l(self->mu);
+      self->event_handles.insert(h);
+    }
+    fi->fh = reinterpret_cast<uint64_t>(h);
+    if (fuse_reply_open(req, fi) != 0) {
+      // The opener is gone (interrupted): no release will follow.
+      std::lock_guard<std::mutex> l(self->mu);
+      self->event_handles.erase(h);
+      delete h;
+    }
+  }
+
+  static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    Impl* self = From(req);
+    Handle* h = HandleOf(fi);
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      self->event_handles.erase(h);
+    }
+    if (h->ph != nullptr) fuse_pollhandle_destroy(h->ph);
+    delete h;
+    fuse_reply_err(req, 0);
+  }
+
+  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+    Impl* self = From(req);
+    Handle* h = HandleOf(fi);
+    if (h->events) return self->ReadEvents(req, h, size, fi->flags);
+    std::string slice;
+    {
+      std::lock_guard<std::mutex> hl(h->mu);
+      // Offset 0 takes a fresh snapshot; later offsets continue the same one, so a reader that
+      // needs several reads sees one consistent value.
+      if (off == 0 || !h->has_snapshot) {
+        Result<std::string> content = self->tree->Read(ino);
+        if (!content.ok()) return ReplyStatus(req, content.status());
+        h->snapshot = std::move(content).value();
+        h->has_snapshot = true;
+      }
+      if (static_cast<size_t>(off) < h->snapshot.size()) {
+        slice = h->snapshot.substr(static_cast<size_t>(off), size);
+      }
+    }
+    fuse_reply_buf(req, slice.data(), slice.size());
+  }
+
+  // Each write(2) is applied before it returns. For value files the value is everything written
+  // through this open file so far (offsets 0..end), because shells split one `printf 'a\nb\n' >
+  // f` into a write per line; each write then applies the whole content written so far. A ctl
+  // file takes one command per write(2).
+  static void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+                    fuse_file_info* fi) {
+    Impl* self = From(req);
+    Handle* h = HandleOf(fi);
+    Status s;
+    if (!h->accumulate) {
+      s = self->tree->Write(ino, std::string_view(buf, size), CallerOf(req));
+    } else {
+      std::lock_guard<std::mutex> hl(h->mu);  // one write at a time per open file, in order
+      size_t end = static_cast<size_t>(off) + size;
+      if (off < 0 || end > kMaxControlWriteBytes) {
+        // Too large: let the tree refuse (and audit) it without building the whole value.
+        std::string over(kMaxControlWriteBytes + 1, '\0');
+        std::memcpy(over.data(), buf, std::min(size, over.size()));
+        s = self->tree->Write(ino, over, CallerOf(req));
+      } else {
+        std::string next = h->written;
+        if (next.size() < end) next.resize(end, '\0');
+        std::memcpy(next.data() + off, buf, size);
+        s = self->tree->Write(ino, next, CallerOf(req));
+        if (s.ok()) h->written = std::move(next);
+      }
+    }
+    if (!s.ok()) return ReplyStatus(req, s);
+    fuse_reply_write(req, size);
+  }
+
+  static void Poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhandle* ph) {
+    Impl* self = From(req);
+    Handle* h = HandleOf(fi);
+    if (!h->events) {
+      if (ph != nullptr) fuse_pollhandle_destroy(ph);
+      fuse_reply_poll(req, POLLIN | POLLOUT);
+      return;
+    }
+    unsigned revents = 0;
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      std::lock_guard<std::mutex> hl(h->mu);
+      if (self->hub->HasNew(h->cursor)) {
+        revents = POLLIN;
+        if (ph != nullptr) fuse_pollhandle_destroy(ph);
+      } else if (ph != nullptr) {
+        if (h->ph != nullptr) fuse_pollhandle_destroy(h->ph);
+        h->ph = ph;
+      }
+    }
+    fuse_reply_poll(req, revents);
+  }
+
+  static void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
+    ReplyEntry(req, From(req)->tree->Mkdir(parent, name, CallerOf(req)));
+  }
+
+  static void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    ReplyStatus(req, From(req)->tree->Rmdir(parent, name, CallerOf(req)));
+  }
+
+  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
+                     fuse_file_info*) {
+    ReplyStatus(req, From(req)->tree->Refuse(
+                         parent, name, "create",
+                         Status::NotFound(std::string("no file named ") + name +
+                                          " here; the control files are fixed (docs/tree.md)"),
+                         CallerOf(req)));
+  }
+
+  static void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, dev_t) {
+    ReplyStatus(req, From(req)->tree->Refuse(
+                         parent, name, "mknod",
+                         Status::NotPermitted("files cannot be created in the control tree"),
+                         CallerOf(req)));
+  }
+
+  static void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    ReplyStatus(req, From(req)->tree->Refuse(
+                         parent, name, "unlink",
+                         Status::NotPermitted("control files cannot be removed; rmdir the "
+                                              "instance instead"),
+                         CallerOf(req)));
+  }
+
+  static void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t, const char*,
+                     unsigned) {
+    ReplyStatus(req, From(req)->tree->Refuse(
+                         parent, name, "rename",
+                         Status::NotPermitted("objects of the control tree cannot be renamed"),
+                         CallerOf(req)));
+  }
+
+  static void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char* name) {
+    ReplyStatus(req, From(req)->tree->Refuse(
+                         parent, name, "symlink",
+                         Status::NotPermitted("links cannot be made in the control tree"),
+                         CallerOf(req)));
+  }
+
+  static void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t parent, const char* name) {
+    Symlink(req, nullptr, parent, name);
+  }
+
+  static void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+    // Every acknowledged write is already durable.
+    fuse_reply_err(req, 0);
+  }
+
+  static void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+};
+
+FuseFront::FuseFront(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->tree = options.tree;
+  impl->hub = options.events;
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o;
+    std::memset(&o, 0, sizeof o);
+    o.lookup = &Impl::Lookup;
+    o.forget = &Impl::Forget;
+    o.forget_multi = &Impl::ForgetMulti;
+    o.getattr = &Impl::GetAttr;
+    o.setattr = &Impl::SetAttr;
+    o.readdir = &Impl::ReadDir;
+    o.open = &Impl::Open;
+    o.release = &Impl::Release;
+    o.read = &Impl::Read;
+    o.write = &Impl::Write;
+    o.poll = &Impl::Poll;
+    o.mkdir = &Impl::Mkdir;
+    o.rmdir = &Impl::Rmdir;
+    o.create = &Impl::Create;
+    o.mknod = &Impl::Mknod;
+    o.unlink = &Impl::Unlink;
+    o.rename = &Impl::Rename;
+    o.symlink = &Impl::Symlink;
+    o.link = &Impl::Link;
+    o.fsync = &Impl::Fsync;
+    o.flush = &Impl::Flush;
+    return o;
+  }();
+  const char* argv[] = {"constellationd", "-o",
+                        "default_permissions,allow_other,fsname=constellation,subtype=constellation"};
+  fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
+  impl->se = fuse_session_new(&args, &ops, sizeof ops, impl.get());
+  fuse_opt_free_args(&args);
+  if (impl->se == nullptr) return Status::IoError("fuse_session_new failed");
+  if (fuse_session_mount(impl->se, options.mount.c_str()) != 0) {
+    fuse_session_destroy(impl->se);
+    impl->se = nullptr;
+    return Status::IoError("cannot mount FUSE at " + options.mount + " (see the log above)");
+  }
+  impl->mounted = true;
+  Impl* raw = impl.get();
+  impl->hub->SetListener([raw] { raw->Wake(); });
+  impl->dispatcher = std::thread([raw] { raw->Dispatch(); });
+  return std::unique_ptr<FuseFront>(new FuseFront(std::move(impl)));
+}
+
+FuseFront::~FuseFront() {
+  impl_->hub->SetListener(nullptr);
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
+  if (impl_->mounted) fuse_session_unmount(impl_->se);
+  if (impl_->se != nullptr) fuse_session_destroy(impl_->se);
+}
+
+Status FuseFront::Run() {
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_idle_threads(cfg, impl_->options.max_idle_threads);
+  fuse_loop_cfg_set_max_threads(cfg, impl_->options.max_threads);
+  int rc = fuse_session_loop_mt(impl_->se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) {
+    return Status::IoError("FUSE loop ended with " + std::to_string(rc));
+  }
+  return Status::Ok();
+}
+
+void FuseFront::Exit() { fuse_session_exit(impl_->se); }
+fuse_session* FuseFront::session() { return impl_->se; }
+
+}  // namespace constellation

@@ -1,0 +1,49 @@
+// FuseFront: serves the tree over the FUSE low-level API. It maps requests to the ControlTree,
+// replies exactly once to each, and turns Status into errno only through ToErrno.
+//
+// constellation/events is a stream: a read with nothing to return is parked (it holds no worker
+// thread) and answered by the dispatcher thread when an event is published or the request is
+// interrupted (Ctrl-C → EINTR). poll(2) is supported through fuse_lowlevel_notify_poll.
+// Thread-safety: the FUSE callbacks run on libfuse's worker threads; everything they share is
+// guarded inside.
+#ifndef CONSTELLATION_FSD_FUSE_FRONT_H_
+#define CONSTELLATION_FSD_FUSE_FRONT_H_
+
+#include <memory>
+#include <string>
+
+#include "fsd/control_tree.h"
+#include "node/state/event_hub.h"
+
+struct fuse_session;
+
+namespace constellation {
+
+struct FuseFrontOptions {
+  ControlTree* tree = nullptr;
+  EventHub* events = nullptr;
+  std::string mount;
+  int max_idle_threads = 16;
+  unsigned max_threads = 64;
+};
+
+class FuseFront {
+ public:
+  // Creates the session and mounts it (options: default_permissions, allow_other).
+  static Result<std::unique_ptr<FuseFront>> Mount(const FuseFrontOptions& options);
+  ~FuseFront();  // unmounts
+
+  // Serves requests until the session ends (signal handlers installed by the caller, or Exit()).
+  Status Run();
+  void Exit();
+  fuse_session* session();
+
+ private:
+  struct Impl;
+  explicit FuseFront(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_FSD_FUSE_FRONT_H_

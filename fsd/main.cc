@@ -1,0 +1,383 @@
+// constellationd: the node daemon (node engine + FUSE front in one process).
+#define FUSE_USE_VERSION 312
+#include <fcntl.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <getopt.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "fsd/control_tree.h"
+#include "fsd/fuse_front.h"
+#include "node/base/log.h"
+#include "node/state/replica.h"
+
+namespace constellation {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+constexpr char kUsage[] = R"(usage: constellationd --data DIR --mount DIR [options]
+
+Runs a Constellation node: the replicated state, and the file tree mounted at --mount.
+
+  --data DIR        data directory (created if missing); holds the state store and the lock
+  --mount DIR       where to mount the tree (created if missing)
+  --name NAME       this node's name (default: the hostname)
+  --addr HOST:PORT  the address this node announces to peers (default: 127.0.0.1:7400)
+  --links           also create the links /constellation and /cluster into the mount
+  --foreground      stay in the foreground (default: detach once the mount is ready)
+  --log FILE        log file (default: DATA/constellationd.log; with --foreground, stderr)
+  --log-level L     debug, info, warn or error (default: info)
+  --help            this text
+  --version         print the version
+
+SIGTERM or SIGINT unmounts, flushes and exits. A stale mount left by a dead daemon is cleared at
+start; a mount point held by a live daemon, a data directory locked by another daemon, and data
+written by an incompatible format version are refused.
+)";
+
+struct Flags {
+  std::string data;
+  std::string mount;
+  std::string name;
+  std::string addr = "127.0.0.1:7400";
+  std::string log;
+  std::string log_level = "info";
+  bool links = false;
+  bool foreground = false;
+};
+
+Result<LogLevel> ParseLogLevel(const std::string& s) {
+  if (s == "debug") return LogLevel::kDebug;
+  if (s == "info") return LogLevel::kInfo;
+  if (s == "warn") return LogLevel::kWarning;
+  if (s == "error") return LogLevel::kError;
+  return Status::InvalidArgument("log-level: \"" + s + "\" is not debug, info, warn or error");
+}
+
+std::string Absolute(const std::string& p) {
+  if (!p.empty() && p[0] == '/') return p;
+  char cwd[4096];
+  if (getcwd(cwd, sizeof cwd) == nullptr) return p;
+  return std::string(cwd) + "/" + p;
+}
+
+Status MkdirAll(const std::string& path) {
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t slash = path.find('/', i);
+    if (slash == std::string::npos) slash = path.size();
+    cur = path.substr(0, slash);
+    if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Status::FromErrno(errno, "mkdir " + cur);
+    }
+    i = slash + 1;
+  }
+  return Status::Ok();
+}
+
+// The fstype of the mount at exactly `path`, or "" when `path` is not a mount point.
+std::string MountTypeAt(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  std::string found;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+    size_t p = 0;
+    std::string fields[5];
+    for (int f = 0; f < 5 && p != std::string::npos; ++f) {
+      size_t e = line.find(' ', p);
+      fields[f] = line.substr(p, e == std::string::npos ? std::string::npos : e - p);
+      p = e == std::string::npos ? e : e + 1;
+    }
+    if (fields[4] != path) continue;
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    size_t s = dash + 3;
+    found = line.substr(s, line.find(' ', s) - s);  // the last mount on a path wins
+  }
+  return found;
+}
+
+Status PrepareMountPoint(const std::string& mount) {
+  struct stat st;
+  if (stat(mount.c_str(), &st) != 0) {
+    if (errno == ENOTCONN) {
+      CN_LOG(Warning) << "clearing the stale mount at " << mount << " left by a dead daemon";
+      if (umount2(mount.c_str(), MNT_DETACH) != 0) {
+        return Status::FromErrno(errno, "cannot clear the stale mount at " + mount);
+      }
+    } else if (errno != ENOENT) {
+      return Status::FromErrno(errno, "mount point " + mount);
+    }
+  }
+  CN_RETURN_IF_ERROR(MkdirAll(mount));
+  std::string type = MountTypeAt(mount);
+  if (type.rfind("fuse", 0) == 0) {
+    return Status::Busy("mount point " + mount + " is held by a live daemon (" + type +
+                        "); stop it first (tools/down or kill its constellationd)");
+  }
+  return Status::Ok();
+}
+
+// Holds DATA/constellationd.pid locked for the daemon's life.
+Result<int> LockDataDir(const std::string& data) {
+  std::string path = data + "/constellationd.pid";
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    close(fd);
+    return Status::Busy("data dir " + data + " is locked by another constellationd (pid " + pid +
+                        ")");
+  }
+  std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    return Status::FromErrno(errno, "write " + path);
+  }
+  return fd;
+}
+
+void MakeLinks(const std::string& mount) {
+  for (const char* name : {"constellation", "cluster"}) {
+    std::string link = std::string("/") + name;
+    std::string target = mount + "/" + name;
+    char buf[4096];
+    ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
+    if (n >= 0) {
+      if (std::string(buf, static_cast<size_t>(n)) == target) continue;
+      if (unlink(link.c_str()) != 0) {
+        CN_LOG(Warning) << "cannot replace the link " << link << ": " << strerror(errno);
+        continue;
+      }
+    } else if (errno != ENOENT) {
+      CN_LOG(Warning) << link << " exists and is not a link; leaving it alone";
+      continue;
+    }
+    if (symlink(target.c_str(), link.c_str()) != 0) {
+      CN_LOG(Warning) << "cannot create the link " << link << ": " << strerror(errno);
+    }
+  }
+}
+
+std::string NodeInfo(const Flags& f) {
+  struct sysinfo si;
+  int64_t ram_mb = 0;
+  if (sysinfo(&si) == 0) ram_mb = static_cast<int64_t>(si.totalram) * si.mem_unit / (1024 * 1024);
+  return "addr=" + f.addr + "\ncpu_cores=" + std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) +
+         "\nram_mb=" + std::to_string(ram_mb) + "\nversion=" + kVersion + "\n";
+}
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Runs the node; `ready` is called once the mount is serving. Returns the exit code.
+int Serve(const Flags& f, const std::function<void(const std::string& error)>& ready) {
+  Status s = MkdirAll(f.data);
+  Result<int> lock = s.ok() ? LockDataDir(f.data) : Result<int>(s);
+  if (!lock.ok()) {
+    ready(lock.status().message());
+    return 1;
+  }
+  s = PrepareMountPoint(f.mount);
+  if (!s.ok()) {
+    ready(s.message());
+    return 1;
+  }
+  ReplicaOptions ro;
+  ro.data_dir = f.data;
+  ro.node_name = f.name;
+  Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
+  if (!replica.ok()) {
+    ready("cannot open the data dir " + f.data + ": " + replica.status().message());
+    return 1;
+  }
+  Command node;
+  node.type = CommandType::kNodeUpdate;
+  node.object = f.name;
+  node.value = NodeInfo(f);
+  std::optional<NodeRecord> have = (*replica)->state().GetNode(f.name);
+  NodeRecord want = have.value_or(NodeRecord{});
+  if (!have || have->addr != f.addr || have->version != kVersion ||
+      have->cpu_cores != sysconf(_SC_NPROCESSORS_ONLN)) {
+    s = (*replica)->Propose(node);
+    if (!s.ok()) {
+      ready("cannot record this node: " + s.message());
+      return 1;
+    }
+  }
+  ControlTreeOptions to;
+  to.replica = replica->get();
+  to.node_name = f.name;
+  to.version = kVersion;
+  to.data_dir = f.data;
+  to.start_ms = NowMs();
+  to.now_ms = NowMs;
+  to.set_log_level = [](const std::string& level) -> Status {
+    CN_ASSIGN_OR_RETURN(LogLevel l, ParseLogLevel(level));
+    SetLogLevel(l);
+    return Status::Ok();
+  };
+  ControlTree tree(to);
+  FuseFrontOptions fo;
+  fo.tree = &tree;
+  fo.events = (*replica)->events();
+  fo.mount = f.mount;
+  Result<std::unique_ptr<FuseFront>> front = FuseFront::Mount(fo);
+  if (!front.ok()) {
+    ready(front.status().message());
+    return 1;
+  }
+  if (fuse_set_signal_handlers((*front)->session()) != 0) {
+    ready("cannot install signal handlers");
+    return 1;
+  }
+  if (f.links) MakeLinks(f.mount);
+  CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data
+               << ", cluster " << (*replica)->GetStatus().cluster_id << ")";
+  ready("");
+  s = (*front)->Run();
+  fuse_remove_signal_handlers((*front)->session());
+  CN_LOG(Info) << "shutting down";
+  front->reset();     // unmounts
+  replica->reset();   // finishes the work in hand and closes the store
+  close(*lock);
+  if (!s.ok()) {
+    CN_LOG(Error) << s.ToString();
+    return 1;
+  }
+  CN_LOG(Info) << "stopped cleanly";
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Flags f;
+  static const option kOptions[] = {
+      {"data", required_argument, nullptr, 'd'},  {"mount", required_argument, nullptr, 'm'},
+      {"name", required_argument, nullptr, 'n'},  {"addr", required_argument, nullptr, 'a'},
+      {"links", no_argument, nullptr, 'L'},       {"foreground", no_argument, nullptr, 'f'},
+      {"log", required_argument, nullptr, 'l'},   {"log-level", required_argument, nullptr, 'v'},
+      {"help", no_argument, nullptr, 'h'},        {"version", no_argument, nullptr, 'V'},
+      {nullptr, 0, nullptr, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
+    switch (c) {
+      case 'd': f.data = optarg; break;
+      case 'm': f.mount = optarg; break;
+      case 'n': f.name = optarg; break;
+      case 'a': f.addr = optarg; break;
+      case 'L': f.links = true; break;
+      case 'f': f.foreground = true; break;
+      case 'l': f.log = optarg; break;
+      case 'v': f.log_level = optarg; break;
+      case 'h': fputs(kUsage, stdout); return 0;
+      case 'V': printf("constellationd %s\n", kVersion); return 0;
+      default: fputs(kUsage, stderr); return 2;
+    }
+  }
+  if (optind < argc || f.data.empty() || f.mount.empty()) {
+    fprintf(stderr, "constellationd: --data and --mount are required\n\n%s", kUsage);
+    return 2;
+  }
+  if (f.name.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    f.name = host;
+  }
+  Status ns = ValidateName(f.name, "node name");
+  Result<LogLevel> level = ParseLogLevel(f.log_level);
+  if (!ns.ok() || !level.ok()) {
+    fprintf(stderr, "constellationd: %s\n", (!ns.ok() ? ns : level.status()).message().c_str());
+    return 2;
+  }
+  SetLogLevel(*level);
+  f.data = Absolute(f.data);
+  f.mount = Absolute(f.mount);
+  if (f.log.empty() && !f.foreground) f.log = f.data + "/constellationd.log";
+  if (!f.log.empty()) {
+    Status s = MkdirAll(f.log.substr(0, f.log.rfind('/')));
+    int fd = open(f.log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      fprintf(stderr, "constellationd: cannot open log %s: %s\n", f.log.c_str(), strerror(errno));
+      return 1;
+    }
+    SetLogFd(fd);
+  }
+  if (f.foreground) {
+    return Serve(f, [](const std::string& error) {
+      if (!error.empty()) fprintf(stderr, "constellationd: %s\n", error.c_str());
+    });
+  }
+  // Detach, but report start-up success or failure through a pipe before the parent exits, so
+  // `constellationd ... && ls M` works and errors reach the terminal.
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) {
+    perror("constellationd: pipe");
+    return 1;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    perror("constellationd: fork");
+    return 1;
+  }
+  if (pid > 0) {
+    close(pipefd[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(pipefd[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
+    if (msg.empty()) {
+      fprintf(stderr, "constellationd: the daemon died during start-up; see %s\n", f.log.c_str());
+      return 1;
+    }
+    if (msg != "ok") {
+      fprintf(stderr, "constellationd: %s\n", msg.c_str());
+      return 1;
+    }
+    return 0;
+  }
+  close(pipefd[0]);
+  setsid();
+  int devnull = open("/dev/null", O_RDWR);
+  if (devnull >= 0) {
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    close(devnull);
+  }
+  int logfd = open(f.log.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (logfd >= 0) {
+    dup2(logfd, 2);  // crashes and sanitizer reports land in the log too
+    close(logfd);
+  }
+  int status_fd = pipefd[1];
+  return Serve(f, [&status_fd](const std::string& error) {
+    std::string msg = error.empty() ? "ok" : error;
+    if (!error.empty()) CN_LOG(Error) << error;
+    ssize_t w = write(status_fd, msg.data(), msg.size());
+    (void)w;
+    close(status_fd);
+    status_fd = -1;
+  });
+}
+
+}  // namespace
+}  // namespace constellation
+
+int main(int argc, char** argv) { return constellation::Main(argc, argv); }

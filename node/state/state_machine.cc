@@ -1,0 +1,322 @@
+#include "node/state/state_machine.h"
+
+#include <mutex>
+
+#include "node/base/coding.h"
+
+namespace constellation {
+namespace {
+
+std::string Escape(std::string_view v) {
+  if (v.empty()) return "-";
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string Field(const std::string& s) { return s.empty() ? "-" : s; }
+
+}  // namespace
+
+std::string FormatAuditLine(const Command& c, const Status& verdict) {
+  return std::to_string(c.time_ms) + " " + std::to_string(c.uid) + " " + std::to_string(c.pid) +
+         " " + Field(c.node) + " " + Field(c.path) + " " + Field(c.op) + " " +
+         (verdict.ok() ? std::string("ok") : std::string(CodeName(verdict.code()))) + " " +
+         Escape(c.value);
+}
+
+StateMachine::StateMachine(StateMachineOptions options) : options_(options) {}
+
+Status StateMachine::Load(KvStore* kv) {
+  std::string v;
+  Status s = kv->Get(keys::kFormat, &v);
+  if (s.code() == Code::kNotFound) {
+    bool empty = true;
+    CN_RETURN_IF_ERROR(kv->Scan("", "", [&](std::string_view, std::string_view) {
+      empty = false;
+      return false;
+    }));
+    if (!empty) return Status::Corruption("state store has data but no format version");
+    KvStore::Batch b;
+    b.Put(keys::kFormat, std::to_string(kStateFormatVersion));
+    CN_RETURN_IF_ERROR(kv->Write(b, /*sync=*/true));
+  } else if (!s.ok()) {
+    return s;
+  } else if (v != std::to_string(kStateFormatVersion)) {
+    return Status::NotSupported("data was written by state format version " + v +
+                                "; this daemon reads version " +
+                                std::to_string(kStateFormatVersion));
+  }
+  std::unique_lock<std::shared_mutex> l(mu_);
+  instances_.clear();
+  nodes_.clear();
+  if (kv->Get(keys::kApplied, &v).ok()) applied_ = FromBigEndian64(v);
+  if (kv->Get(keys::kAuditSeq, &v).ok()) audit_seq_ = FromBigEndian64(v);
+  if (kv->Get(keys::kCluster, &v).ok()) cluster_id_ = v;
+  Status decode;
+  CN_RETURN_IF_ERROR(kv->Scan(keys::kInstancePrefix, "i0", [&](std::string_view, std::string_view d) {
+    Result<InstanceRecord> r = DecodeInstance(d);
+    if (!r.ok()) {
+      decode = r.status();
+      return false;
+    }
+    instances_[r->name] = std::move(*r);
+    return true;
+  }));
+  CN_RETURN_IF_ERROR(decode);
+  CN_RETURN_IF_ERROR(kv->Scan(keys::kNodePrefix, "n0", [&](std::string_view, std::string_view d) {
+    Result<NodeRecord> r = DecodeNode(d);
+    if (!r.ok()) {
+      decode = r.status();
+      return false;
+    }
+    nodes_[r->name] = std::move(*r);
+    return true;
+  }));
+  return decode;
+}
+
+std::optional<InstanceRecord> StateMachine::StagedInstance(const std::string& name) const {
+  auto st = staged_.instances.find(name);
+  if (st != staged_.instances.end()) return st->second;
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = instances_.find(name);
+  if (it == instances_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<NodeRecord> StateMachine::StagedNode(const std::string& name) const {
+  auto st = staged_.nodes.find(name);
+  if (st != staged_.nodes.end()) return st->second;
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) return std::nullopt;
+  return it->second;
+}
+
+void StateMachine::PutInstance(const InstanceRecord& r, KvStore::Batch* batch) {
+  batch->Put(keys::kInstancePrefix + r.name, EncodeInstance(r));
+  staged_.instances[r.name] = r;
+}
+
+void StateMachine::PutNode(const NodeRecord& r, KvStore::Batch* batch) {
+  batch->Put(keys::kNodePrefix + r.name, EncodeNode(r));
+  staged_.nodes[r.name] = r;
+}
+
+void StateMachine::Audit(const Command& c, const Status& verdict, KvStore::Batch* batch) {
+  uint64_t seq;
+  if (staged_.audit_seq) {
+    seq = *staged_.audit_seq + 1;
+  } else {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    seq = audit_seq_ + 1;
+  }
+  staged_.audit_seq = seq;
+  batch->Put(keys::kAuditPrefix + BigEndian64(seq), FormatAuditLine(c, verdict));
+  batch->Put(keys::kAuditSeq, BigEndian64(seq));
+  if (seq > options_.audit_keep) {
+    batch->Delete(keys::kAuditPrefix + BigEndian64(seq - options_.audit_keep));
+  }
+}
+
+Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* batch,
+                           std::vector<std::string>* events) {
+  Status verdict = ApplyCommand(c, batch, events);
+  if (!c.op.empty()) Audit(c, verdict, batch);
+  staged_.applied = index;
+  batch->Put(keys::kApplied, BigEndian64(index));
+  return verdict;
+}
+
+Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
+                                  std::vector<std::string>* events) {
+  const std::string t = std::to_string(c.time_ms) + " ";
+  switch (c.type) {
+    case CommandType::kNoop:
+      return Status::Ok();
+    case CommandType::kAuditOnly:
+      return Status(c.result.empty() ? Code::kInvalidArgument : CodeFromName(c.result),
+                    "refused before commit");
+    case CommandType::kBootstrap: {
+      std::string current = staged_.cluster_id ? *staged_.cluster_id : cluster_id();
+      if (!current.empty()) return Status::Ok();
+      staged_.cluster_id = c.value;
+      batch->Put(keys::kCluster, c.value);
+      events->push_back(t + "cluster_created " + c.value + " node=" + Field(c.node));
+      return Status::Ok();
+    }
+    case CommandType::kNodeUpdate: {
+      CN_RETURN_IF_ERROR(ValidateName(c.object, "node name"));
+      std::optional<NodeRecord> old = StagedNode(c.object);
+      NodeRecord r = old.value_or(NodeRecord{});
+      r.name = c.object;
+      for (const std::string& line : SplitLines(c.value)) {
+        size_t eq = line.find('=');
+        std::string k = line.substr(0, eq);
+        std::string v = eq == std::string::npos ? "" : line.substr(eq + 1);
+        if (k == "addr") {
+          r.addr = v;
+        } else if (k == "cpu_cores") {
+          r.cpu_cores = std::atoll(v.c_str());
+        } else if (k == "ram_mb") {
+          r.ram_mb = std::atoll(v.c_str());
+        } else if (k == "version") {
+          r.version = v;
+        } else {
+          return Status::InvalidArgument("node update: unknown key " + k);
+        }
+      }
+      PutNode(r, batch);
+      events->push_back(t + (old ? "node_updated " : "node_joined ") + r.name + " addr=" +
+                        Field(r.addr));
+      return Status::Ok();
+    }
+    case CommandType::kNodeSetLabels: {
+      std::optional<NodeRecord> r = StagedNode(c.object);
+      if (!r) return Status::NotFound("node " + c.object + " does not exist");
+      CN_RETURN_IF_ERROR(ParseLabels(c.value, &r->labels));
+      PutNode(*r, batch);
+      events->push_back(t + "node_updated " + r->name + " fields=labels");
+      return Status::Ok();
+    }
+    case CommandType::kInstanceCreate: {
+      CN_RETURN_IF_ERROR(ValidateName(c.object, "instance name"));
+      if (StagedInstance(c.object)) {
+        return Status::AlreadyExists("instance " + c.object + " already exists");
+      }
+      InstanceRecord r;
+      r.name = c.object;
+      r.uid = c.uid;
+      r.gid = c.gid;
+      r.created_ms = c.time_ms;
+      PutInstance(r, batch);
+      events->push_back(t + "instance_created " + r.name + " uid=" + std::to_string(c.uid));
+      return Status::Ok();
+    }
+    case CommandType::kInstanceRemove: {
+      if (!StagedInstance(c.object)) {
+        return Status::NotFound("instance " + c.object + " does not exist");
+      }
+      batch->Delete(keys::kInstancePrefix + c.object);
+      staged_.instances[c.object] = std::nullopt;
+      events->push_back(t + "instance_removed " + c.object);
+      return Status::Ok();
+    }
+    case CommandType::kInstanceSet:
+    case CommandType::kInstanceSpec: {
+      std::optional<InstanceRecord> r = StagedInstance(c.object);
+      if (!r) return Status::NotFound("instance " + c.object + " does not exist");
+      std::string fields;
+      if (c.type == CommandType::kInstanceSet) {
+        if (!IsInstanceConfigField(c.field)) {
+          return Status::InvalidArgument(c.field + ": not a configuration field");
+        }
+        CN_RETURN_IF_ERROR(SetInstanceField(&*r, c.field, c.value));
+        fields = c.field;
+      } else {
+        CN_RETURN_IF_ERROR(ApplyInstanceSpec(&*r, c.value));
+        fields = "spec";
+      }
+      PutInstance(*r, batch);
+      events->push_back(t + "instance_updated " + r->name + " fields=" + fields);
+      return Status::Ok();
+    }
+    case CommandType::kInstanceCtl: {
+      std::optional<InstanceRecord> r = StagedInstance(c.object);
+      if (!r) return Status::NotFound("instance " + c.object + " does not exist");
+      std::string verb = c.value.substr(0, c.value.find(' '));
+      if (verb == "start" || verb == "restart") {
+        r->desired = "running";
+      } else if (verb == "stop") {
+        r->desired = "stopped";
+      } else if (verb != "kill") {
+        return Status::InvalidArgument("ctl: unknown verb " + verb);
+      }
+      PutInstance(*r, batch);
+      events->push_back(t + "instance_ctl " + r->name + " verb=" + verb);
+      return Status::Ok();
+    }
+  }
+  return Status::InvalidArgument("unknown command type");
+}
+
+void StateMachine::CommitStaged() {
+  std::unique_lock<std::shared_mutex> l(mu_);
+  for (auto& [name, r] : staged_.instances) {
+    if (r) {
+      instances_[name] = std::move(*r);
+    } else {
+      instances_.erase(name);
+    }
+  }
+  for (auto& [name, r] : staged_.nodes) {
+    if (r) {
+      nodes_[name] = std::move(*r);
+    } else {
+      nodes_.erase(name);
+    }
+  }
+  if (staged_.cluster_id) cluster_id_ = *staged_.cluster_id;
+  if (staged_.applied) applied_ = *staged_.applied;
+  if (staged_.audit_seq) audit_seq_ = *staged_.audit_seq;
+  staged_ = Staged{};
+}
+
+void StateMachine::DropStaged() { staged_ = Staged{}; }
+
+uint64_t StateMachine::applied_index() const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  return applied_;
+}
+
+std::string StateMachine::cluster_id() const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  return cluster_id_;
+}
+
+std::optional<InstanceRecord> StateMachine::GetInstance(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = instances_.find(name);
+  if (it == instances_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> StateMachine::ListInstances() const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, r] : instances_) out.push_back(name);
+  return out;
+}
+
+std::optional<NodeRecord> StateMachine::GetNode(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> StateMachine::ListNodes() const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, r] : nodes_) out.push_back(name);
+  return out;
+}
+
+Status StateMachine::ReadAudit(KvStore* kv, std::string* out) const {
+  return kv->Scan(keys::kAuditPrefix, "a0", [&](std::string_view, std::string_view line) {
+    out->append(line);
+    out->push_back('\n');
+    return true;
+  });
+}
+
+}  // namespace constellation

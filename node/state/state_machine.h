@@ -1,0 +1,101 @@
+// StateMachine: applies committed commands, in log order, to the replicated state (instances,
+// nodes, cluster id, audit trail) kept in a KvStore, with an in-memory copy for reads.
+//
+// Apply is deterministic: its outcome depends only on the state and the command (the time comes
+// from the command), so every replica reaches the same state and the same verdict. Apply stages its
+// changes; the caller writes the batch (which also carries the applied index, so state and index
+// are durable together or not at all) and then calls CommitStaged(), or DropStaged() if the write
+// failed. Reads never see staged changes.
+// Thread-safety: Load/Apply/CommitStaged/DropStaged from one thread (the agent); the read methods
+// from any thread.
+#ifndef CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
+#define CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
+
+#include <map>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "node/env/env.h"
+#include "node/state/command.h"
+#include "node/state/records.h"
+
+namespace constellation {
+
+inline constexpr uint64_t kStateFormatVersion = 1;
+
+// Key layout (see docs/architecture.md).
+namespace keys {
+inline constexpr char kFormat[] = "m/format";
+inline constexpr char kApplied[] = "m/applied";
+inline constexpr char kCluster[] = "m/cluster";
+inline constexpr char kAuditSeq[] = "m/audit_seq";
+inline constexpr char kLogFirst[] = "m/log_first";
+inline constexpr char kHardState[] = "r/hard";
+inline constexpr char kInstancePrefix[] = "i/";
+inline constexpr char kNodePrefix[] = "n/";
+inline constexpr char kAuditPrefix[] = "a/";
+inline constexpr char kLogPrefix[] = "l/";
+}  // namespace keys
+
+struct StateMachineOptions {
+  uint64_t audit_keep = 100000;  // newest audit lines kept
+};
+
+class StateMachine {
+ public:
+  explicit StateMachine(StateMachineOptions options = {});
+
+  // Loads the state from `kv`. Refuses (NotSupported) a store written by another format version;
+  // marks an empty store with this version.
+  Status Load(KvStore* kv);
+
+  // Applies entry `index`; adds its writes to `batch` and event lines to `events`. The returned
+  // Status is the command's verdict (what the proposer sees), not a failure of the machine.
+  Status Apply(uint64_t index, const Command& command, KvStore::Batch* batch,
+               std::vector<std::string>* events);
+  void CommitStaged();
+  void DropStaged();
+
+  uint64_t applied_index() const;
+  std::string cluster_id() const;
+  std::optional<InstanceRecord> GetInstance(const std::string& name) const;
+  std::vector<std::string> ListInstances() const;
+  std::optional<NodeRecord> GetNode(const std::string& name) const;
+  std::vector<std::string> ListNodes() const;
+  // Audit lines, oldest first, newline-terminated.
+  Status ReadAudit(KvStore* kv, std::string* out) const;
+
+ private:
+  struct Staged {
+    std::map<std::string, std::optional<InstanceRecord>> instances;
+    std::map<std::string, std::optional<NodeRecord>> nodes;
+    std::optional<std::string> cluster_id;
+    std::optional<uint64_t> applied;
+    std::optional<uint64_t> audit_seq;
+  };
+
+  Status ApplyCommand(const Command& c, KvStore::Batch* batch, std::vector<std::string>* events);
+  std::optional<InstanceRecord> StagedInstance(const std::string& name) const;
+  std::optional<NodeRecord> StagedNode(const std::string& name) const;
+  void PutInstance(const InstanceRecord& r, KvStore::Batch* batch);
+  void PutNode(const NodeRecord& r, KvStore::Batch* batch);
+  void Audit(const Command& c, const Status& verdict, KvStore::Batch* batch);
+
+  const StateMachineOptions options_;
+  mutable std::shared_mutex mu_;  // guards the live state below
+  std::map<std::string, InstanceRecord> instances_;
+  std::map<std::string, NodeRecord> nodes_;
+  std::string cluster_id_;
+  uint64_t applied_ = 0;
+  uint64_t audit_seq_ = 0;
+  Staged staged_;  // agent thread only
+};
+
+// The audit line for a command: "<unix_ms> <uid> <pid> <node> <path> <op> <result> <value>".
+std::string FormatAuditLine(const Command& c, const Status& verdict);
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
