@@ -20,6 +20,8 @@ fail() {
 daemon_pid() { cat "$D/constellationd.pid" 2>/dev/null || true; }
 
 start_daemon() {
+  # Each start gets a fresh log, so checks on it see this run only.
+  if [[ -f "$LOG" ]]; then cat "$LOG" >> "$LOG.old" && : > "$LOG"; fi
   "$CONSTELLATIOND" --data "$D" --mount "$M" --name node-a --log "$LOG" "$@" ||
     fail "constellationd did not start"
 }

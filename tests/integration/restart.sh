@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Restart keeps everything; a stale mount of a killed daemon is cleared; a live mount, a locked data
+# dir and bad flags are refused with a clear message.
+source "$(dirname "$0")/lib.sh"
+start_daemon
+
+mkdir $C/instances/a $C/instances/b
+echo 1000 > $C/instances/a/ram_mb
+printf 'cmd=sleep 5\nenv=K=V\n' | cat > $C/instances/b/spec
+echo start > $C/instances/b/ctl
+printf 'zone=z1\n' > $C/nodes/node-a/labels
+cluster=$(awk '$1 == "cluster" {print $2}' $C/status)
+audit_lines=$(wc -l < $C/audit)
+
+# Refusals while it runs.
+out=$("$CONSTELLATIOND" --data "$D" --mount "$T/m2" --name node-a --log "$T/second.log" 2>&1) &&
+  fail "a second daemon on the same data dir started"
+[[ "$out" == *"locked by another constellationd"* ]] || fail "locked data dir message: $out"
+out=$("$CONSTELLATIOND" --data "$T/data2" --mount "$M" --name node-a --log "$T/second.log" 2>&1) &&
+  fail "a second daemon on a live mount started"
+[[ "$out" == *"held by a live daemon"* ]] || fail "live mount message: $out"
+out=$("$CONSTELLATIOND" --data "$T/data3" 2>&1) && fail "missing --mount accepted"
+[[ "$out" == *"--mount are required"* ]] || fail "usage message: $out"
+out=$("$CONSTELLATIOND" --data "$T/data3" --mount "$T/m3" --name "bad name" 2>&1) && fail "bad name accepted"
+[[ "$out" == *"must match"* ]] || fail "bad name message: $out"
+"$CONSTELLATIOND" --help | grep -q -- "--links" || fail "--help documents the flags"
+
+# Clean restart keeps everything.
+stop_daemon
+start_daemon
+expect_eq "$(cat $C/instances/a/ram_mb)" 1000 "ram_mb after restart"
+expect_eq "$(cat $C/instances/b/cmd)" "sleep 5" "cmd after restart"
+expect_eq "$(cat $C/instances/b/env)" "K=V" "env after restart"
+grep -q '^desired=running$' $C/instances/b/spec || fail "desired state after restart"
+expect_eq "$(cat $C/nodes/node-a/labels)" "zone=z1" "labels after restart"
+expect_eq "$(awk '$1 == "cluster" {print $2}' $C/status)" "$cluster" "cluster id after restart"
+(( $(wc -l < $C/audit) >= audit_lines )) || fail "audit lost lines over a restart"
+
+# kill -9 leaves a stale mount; the next start clears it and keeps the state.
+echo 2000 > $C/instances/a/ram_mb
+kill9_daemon
+out=$(ls $M 2>&1) && fail "expected a dead mount after kill -9"
+[[ "$out" == *"not connected"* ]] || fail "stale mount: $out"
+start_daemon
+grep -q "clearing the stale mount" "$LOG" || fail "stale mount not reported"
+expect_eq "$(cat $C/instances/a/ram_mb)" 2000 "acknowledged write survived kill -9"
+
+stop_daemon
+echo PASS
