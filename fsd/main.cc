@@ -38,6 +38,8 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
   --foreground      stay in the foreground (default: detach once the mount is ready)
   --log FILE        log file (default: DATA/constellationd.log; with --foreground, stderr)
   --log-level L     debug, info, warn or error (default: info)
+  --reserve-mb N    refuse new writes (ENOSPC) while the data dir's file system has less than N MiB
+                    free, so committed entries can always be applied (default: 64)
   --help            this text
   --version         print the version
 
@@ -53,6 +55,7 @@ struct Flags {
   std::string addr = "127.0.0.1:7400";
   std::string log;
   std::string log_level = "info";
+  uint64_t reserve_mb = 64;
   bool links = false;
   bool foreground = false;
 };
@@ -204,6 +207,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   ReplicaOptions ro;
   ro.data_dir = f.data;
   ro.node_name = f.name;
+  ro.reserve_bytes = f.reserve_mb << 20;
   Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
   if (!replica.ok()) {
     ready("cannot open the data dir " + f.data + ": " + replica.status().message());
@@ -275,6 +279,7 @@ int Main(int argc, char** argv) {
       {"links", no_argument, nullptr, 'L'},       {"foreground", no_argument, nullptr, 'f'},
       {"log", required_argument, nullptr, 'l'},   {"log-level", required_argument, nullptr, 'v'},
       {"help", no_argument, nullptr, 'h'},        {"version", no_argument, nullptr, 'V'},
+      {"reserve-mb", required_argument, nullptr, 'r'},
       {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -287,6 +292,16 @@ int Main(int argc, char** argv) {
       case 'f': f.foreground = true; break;
       case 'l': f.log = optarg; break;
       case 'v': f.log_level = optarg; break;
+      case 'r': {
+        char* end = nullptr;
+        unsigned long long v = strtoull(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v > (1ull << 20)) {
+          fprintf(stderr, "constellationd: --reserve-mb: \"%s\" is not 0..1048576\n", optarg);
+          return 2;
+        }
+        f.reserve_mb = v;
+        break;
+      }
       case 'h': fputs(kUsage, stdout); return 0;
       case 'V': printf("constellationd %s\n", kVersion); return 0;
       default: fputs(kUsage, stderr); return 2;

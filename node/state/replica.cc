@@ -61,6 +61,7 @@ struct Replica::Impl {
   uint64_t log_first = 1;
 
   std::vector<LogEntry> unapplied;  // committed but not yet applied (agent thread only)
+  int64_t apply_backoff_ms = 0;     // agent thread only
   std::thread agent;
 
   Impl(const ReplicaOptions& o)
@@ -136,6 +137,26 @@ struct Replica::Impl {
     return Status::Ok();
   }
 
+  // Refuses new commands while free space is below the reserve. Checked once per batch.
+  Status CheckFreeSpace(bool idle) {
+    if (idle || !env->free_bytes || options.reserve_bytes == 0) return Status::Ok();
+    Result<uint64_t> free = env->free_bytes(options.data_dir);
+    if (!free.ok() || *free >= options.reserve_bytes) return Status::Ok();
+    return Status::NoSpace("the data dir's file system has " + std::to_string(*free >> 20) +
+                           " MiB free, below the " + std::to_string(options.reserve_bytes >> 20) +
+                           " MiB kept for applying committed entries; free some space");
+  }
+
+  // A committed entry could not be applied (the store refused the batch): wait before retrying,
+  // doubling up to a second, and log once per retry rather than in a hot loop.
+  void ApplyFailed(const Status& s) {
+    apply_backoff_ms = apply_backoff_ms == 0 ? 10 : std::min<int64_t>(apply_backoff_ms * 2, 1000);
+    CN_LOG(Error) << "applying committed entries failed, retrying in " << apply_backoff_ms
+                  << " ms: " << s.ToString();
+    std::unique_lock<std::mutex> l(mu);
+    work_cv.wait_for(l, std::chrono::milliseconds(apply_backoff_ms), [&] { return stopping; });
+  }
+
   void Run() {
     int64_t last_tick = env->clock->MonotonicMs();
     for (;;) {
@@ -158,18 +179,20 @@ struct Replica::Impl {
         consensus->Tick();
         last_tick = now;
       }
+      Status room = CheckFreeSpace(batch.empty());
       for (auto& [cmd, waiter] : batch) {
-        Status s = consensus->Propose(EncodeCommand(cmd));
+        Status s = room.ok() ? consensus->Propose(EncodeCommand(cmd)) : room;
         if (!s.ok()) Finish(cmd.request_id, s);
       }
       // Entries left over from a failed apply go first, in order.
       if (!unapplied.empty()) {
         Status s = ApplyEntries(&unapplied, true);
         if (!s.ok()) {
-          CN_LOG(Error) << "applying committed entries failed, will retry: " << s.ToString();
+          ApplyFailed(s);
           if (stop) return;
           continue;
         }
+        apply_backoff_ms = 0;
       }
       if (consensus->HasReady()) {
         Ready rd = consensus->GetReady();
@@ -193,9 +216,7 @@ struct Replica::Impl {
         // Messages would be sent here (Raft); the single voter has none.
         for (LogEntry& e : rd.committed_entries) unapplied.push_back(std::move(e));
         Status s = ApplyEntries(&unapplied, true);
-        if (!s.ok()) {
-          CN_LOG(Error) << "applying committed entries failed, will retry: " << s.ToString();
-        }
+        if (!s.ok()) ApplyFailed(s);
         consensus->Advance();
         std::lock_guard<std::mutex> l(mu);
         term = consensus->term();

@@ -29,6 +29,9 @@ struct ReplicaOptions {
   int64_t propose_timeout_ms = 10000;  // longest a proposer waits for its command to apply
   uint64_t log_keep = 10000;        // applied entries kept in the log before compaction
   uint64_t audit_keep = 100000;
+  // New commands are refused (NoSpace) while the data dir's file system has less free space than
+  // this, so that entries already committed can always be applied.
+  uint64_t reserve_bytes = 64ull << 20;
   size_t event_capacity = 4096;
 };
 

@@ -58,6 +58,7 @@ cleanup() {
   pid=$(daemon_pid)
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   umount -l "$M" 2>/dev/null || true
+  if mountpoint -q "$D" 2>/dev/null; then umount -l "$D"; fi  # a test's own small file system
   rm -rf "$T"
 }
 trap cleanup EXIT

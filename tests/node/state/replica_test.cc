@@ -164,6 +164,24 @@ TEST_CASE("a full disk refuses the write with NoSpace and the replica keeps work
   CHECK(r->state().GetInstance("web")->ram_mb == 128);
 }
 
+TEST_CASE("below the free-space reserve new commands get NoSpace and nothing enters the log") {
+  Fixture f;
+  std::atomic<uint64_t> free{1ull << 30};
+  f.env.free_bytes = [&](const std::string&) -> Result<uint64_t> { return free.load(); };
+  f.options.reserve_bytes = 64ull << 20;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  uint64_t applied = r->GetStatus().applied_index;
+  free = 10ull << 20;
+  Status s = r->Propose(Set("web", "ram_mb", "64"));
+  CHECK(s.code() == Code::kNoSpace);
+  CHECK(s.message().find("10 MiB free") != std::string::npos);
+  CHECK(r->GetStatus().applied_index == applied);
+  CHECK(r->GetStatus().commit_index == applied);
+  free = 1ull << 30;
+  CHECK(r->Propose(Set("web", "ram_mb", "64")).ok());
+}
+
 TEST_CASE("compaction drops applied log entries and state survives a restart") {
   Fixture f;
   f.options.log_keep = 5;
@@ -189,6 +207,45 @@ TEST_CASE("events are published after apply, from the time of subscription") {
   std::string got = r->events()->Read(&cursor, 1 << 16);
   CHECK(got.find("instance_created web uid=0\n") != std::string::npos);
   CHECK(r->events()->Read(&cursor, 1 << 16).empty());
+}
+
+}  // namespace constellation
+
+namespace constellation {
+
+TEST_CASE("on leveldb: state survives reopening, another format version is refused") {
+  char tmpl[] = "/tmp/cn-replica.XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  std::string dir = tmpl;
+  ReplicaOptions o;
+  o.data_dir = dir;
+  o.node_name = "n1";
+  {
+    auto r = Replica::Open(o);
+    REQUIRE(r.ok());
+    REQUIRE((*r)->Propose(Create("web")).ok());
+    REQUIRE((*r)->Propose(Set("web", "ram_mb", "300")).ok());
+    // The store is held: a second opener is refused.
+    auto second = Replica::Open(o);
+    CHECK(second.status().code() == Code::kBusy);
+  }
+  {
+    auto r = Replica::Open(o);
+    REQUIRE(r.ok());
+    CHECK((*r)->state().GetInstance("web")->ram_mb == 300);
+  }
+  {
+    auto kv = OpenLevelDb(dir + "/state");
+    REQUIRE(kv.ok());
+    KvStore::Batch b;
+    b.Put(keys::kFormat, "99");
+    REQUIRE((*kv)->Write(b, true).ok());
+  }
+  auto r = Replica::Open(o);
+  CHECK(r.status().code() == Code::kNotSupported);
+  CHECK(r.status().message() ==
+        "data was written by state format version 99; this daemon reads version 1");
+  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace constellation
