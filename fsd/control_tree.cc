@@ -47,11 +47,9 @@ struct ControlTree::Tables {
   static const FileSpec kInstanceFiles[];
 };
 const ControlTree::FileSpec ControlTree::Tables::kCtlFiles[] = {
-    {"ctl", 0200, nullptr, &T::WriteClusterCtl},
-    {"status", 0444, &T::ReadStatus, nullptr},
+    {"ctl", 0200, nullptr, &T::WriteClusterCtl}, {"status", 0444, &T::ReadStatus, nullptr},
     {"events", 0444, nullptr, nullptr},  // a stream, served by the FUSE front
-    {"audit", 0400, &T::ReadAudit, nullptr},
-    {"error", 0444, &T::ReadError, nullptr},
+    {"audit", 0400, &T::ReadAudit, nullptr},     {"error", 0444, &T::ReadError, nullptr},
 };
 
 const ControlTree::FileSpec ControlTree::Tables::kNodeFiles[] = {
@@ -130,13 +128,20 @@ static std::string KeyOf(int kind, const std::string& object, int file) {
 uint64_t ControlTree::InoFor(const Node& node, bool count_lookup) {
   std::string key;
   switch (node.kind) {
-    case Kind::kRoot: return kRootIno;
-    case Kind::kClusterDir: return kClusterIno;
-    case Kind::kCtlDir: return kCtlDirIno;
-    case Kind::kNodesDir: return kNodesIno;
-    case Kind::kInstancesDir: return kInstancesIno;
-    case Kind::kCtlFile: return kControlInoBit | (16 + node.file);
-    default: key = KeyOf(static_cast<int>(node.kind), node.object, node.file);
+    case Kind::kRoot:
+      return kRootIno;
+    case Kind::kClusterDir:
+      return kClusterIno;
+    case Kind::kCtlDir:
+      return kCtlDirIno;
+    case Kind::kNodesDir:
+      return kNodesIno;
+    case Kind::kInstancesDir:
+      return kInstancesIno;
+    case Kind::kCtlFile:
+      return kControlInoBit | (16 + node.file);
+    default:
+      key = KeyOf(static_cast<int>(node.kind), node.object, node.file);
   }
   std::lock_guard<std::mutex> l(mu_);
   auto it = ino_by_key_.find(key);
@@ -329,7 +334,8 @@ Result<std::vector<DirEntry>> ControlTree::ReadDir(uint64_t ino) {
 
 bool ControlTree::IsEventsFile(uint64_t ino) {
   Result<Node> n = Resolve(ino);
-  return n.ok() && n->kind == Kind::kCtlFile && std::string_view(Tables::kCtlFiles[n->file].name) == "events";
+  return n.ok() && n->kind == Kind::kCtlFile &&
+         std::string_view(Tables::kCtlFiles[n->file].name) == "events";
 }
 
 bool ControlTree::IsCtlFile(uint64_t ino) {
@@ -354,25 +360,37 @@ std::string ControlTree::PathOf(const Node& n) {
   size_t count = 0;
   const FileSpec* files = FilesOf(n.kind, &count);
   switch (n.kind) {
-    case Kind::kCtlFile: return files[n.file].name;
-    case Kind::kNodesDir: return "nodes";
-    case Kind::kNodeDir: return "nodes/" + n.object;
-    case Kind::kNodeFile: return "nodes/" + n.object + "/" + files[n.file].name;
-    case Kind::kInstancesDir: return "instances";
-    case Kind::kInstanceDir: return "instances/" + n.object;
-    case Kind::kInstanceFile: return "instances/" + n.object + "/" + files[n.file].name;
-    case Kind::kClusterDir: return "../cluster";
-    default: return ".";
+    case Kind::kCtlFile:
+      return files[n.file].name;
+    case Kind::kNodesDir:
+      return "nodes";
+    case Kind::kNodeDir:
+      return "nodes/" + n.object;
+    case Kind::kNodeFile:
+      return "nodes/" + n.object + "/" + files[n.file].name;
+    case Kind::kInstancesDir:
+      return "instances";
+    case Kind::kInstanceDir:
+      return "instances/" + n.object;
+    case Kind::kInstanceFile:
+      return "instances/" + n.object + "/" + files[n.file].name;
+    case Kind::kClusterDir:
+      return "../cluster";
+    default:
+      return ".";
   }
 }
 
 std::string ControlTree::ErrorKey(const Node& n) {
   switch (n.kind) {
     case Kind::kNodeDir:
-    case Kind::kNodeFile: return "n/" + n.object;
+    case Kind::kNodeFile:
+      return "n/" + n.object;
     case Kind::kInstanceDir:
-    case Kind::kInstanceFile: return "i/" + n.object;
-    default: return "c";
+    case Kind::kInstanceFile:
+      return "i/" + n.object;
+    default:
+      return "c";
   }
 }
 
@@ -470,8 +488,7 @@ Status ControlTree::Rmdir(uint64_t parent, std::string_view name, const Caller& 
   CN_ASSIGN_OR_RETURN(Node p, Resolve(parent));
   if (p.kind != Kind::kInstancesDir) {
     return Refuse(parent, name, "rmdir",
-                  Status::NotPermitted("only instances/<name> directories can be removed"),
-                  caller);
+                  Status::NotPermitted("only instances/<name> directories can be removed"), caller);
   }
   std::string n(name.substr(0, 255));
   bool exists = options_.replica->state().GetInstance(n).has_value();

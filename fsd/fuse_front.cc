@@ -24,8 +24,8 @@ struct Handle {
   uint64_t ino = 0;
   bool events = false;
   bool accumulate = false;  // writes build one value (all but ctl files), see Write
-  std::mutex mu;  // guards the fields below
-  std::string written;  // what this open file has written, by offset
+  std::mutex mu;            // guards the fields below
+  std::string written;      // what this open file has written, by offset
   bool has_snapshot = false;
   std::string snapshot;
   uint64_t cursor = 0;
@@ -221,9 +221,15 @@ struct FuseFront::Impl {
     Result<Attr> a = From(req)->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
     if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
-      { fuse_reply_err(req, EPERM); return; }
+      {
+        fuse_reply_err(req, EPERM);
+        return;
+      }
     }
-    if ((to_set & FUSE_SET_ATTR_SIZE) && S_ISDIR(a->mode)) { fuse_reply_err(req, EISDIR); return; }
+    if ((to_set & FUSE_SET_ATTR_SIZE) && S_ISDIR(a->mode)) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
     // Truncation (the shell's `>`) and timestamps are accepted and change nothing: a control
     // file's value changes only by write(2).
     struct stat st = ToStat(*a);
@@ -256,7 +262,10 @@ struct FuseFront::Impl {
     Impl* self = From(req);
     Result<Attr> a = self->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
-    if (S_ISDIR(a->mode)) { fuse_reply_err(req, EISDIR); return; }
+    if (S_ISDIR(a->mode)) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
     auto* h = new Handle;
     h->ino = ino;
     h->events = self->tree->IsEventsFile(ino);
@@ -374,8 +383,7 @@ struct FuseFront::Impl {
     ReplyStatus(req, From(req)->tree->Rmdir(parent, name, CallerOf(req)));
   }
 
-  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
-                     fuse_file_info*) {
+  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info*) {
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "create",
                          Status::NotFound(std::string("no file named ") + name +
@@ -407,10 +415,10 @@ struct FuseFront::Impl {
   }
 
   static void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char* name) {
-    ReplyStatus(req, From(req)->tree->Refuse(
-                         parent, name, "symlink",
-                         Status::NotPermitted("links cannot be made in the control tree"),
-                         CallerOf(req)));
+    ReplyStatus(
+        req, From(req)->tree->Refuse(
+                 parent, name, "symlink",
+                 Status::NotPermitted("links cannot be made in the control tree"), CallerOf(req)));
   }
 
   static void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t parent, const char* name) {
@@ -458,8 +466,9 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
     o.flush = &Impl::Flush;
     return o;
   }();
-  const char* argv[] = {"constellationd", "-o",
-                        "default_permissions,allow_other,fsname=constellation,subtype=constellation"};
+  const char* argv[] = {
+      "constellationd", "-o",
+      "default_permissions,allow_other,fsname=constellation,subtype=constellation"};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   impl->se = fuse_session_new(&args, &ops, sizeof ops, impl.get());
   fuse_opt_free_args(&args);

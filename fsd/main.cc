@@ -254,14 +254,14 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
     return 1;
   }
   if (f.links) MakeLinks(f.mount);
-  CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data
-               << ", cluster " << (*replica)->GetStatus().cluster_id << ")";
+  CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data << ", cluster "
+               << (*replica)->GetStatus().cluster_id << ")";
   ready("");
   s = (*front)->Run();
   fuse_remove_signal_handlers((*front)->session());
   CN_LOG(Info) << "shutting down";
-  front->reset();     // unmounts
-  replica->reset();   // finishes the work in hand and closes the store
+  front->reset();    // unmounts
+  replica->reset();  // finishes the work in hand and closes the store
   close(*lock);
   if (!s.ok()) {
     CN_LOG(Error) << s.ToString();
@@ -273,25 +273,45 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
 
 int Main(int argc, char** argv) {
   Flags f;
-  static const option kOptions[] = {
-      {"data", required_argument, nullptr, 'd'},  {"mount", required_argument, nullptr, 'm'},
-      {"name", required_argument, nullptr, 'n'},  {"addr", required_argument, nullptr, 'a'},
-      {"links", no_argument, nullptr, 'L'},       {"foreground", no_argument, nullptr, 'f'},
-      {"log", required_argument, nullptr, 'l'},   {"log-level", required_argument, nullptr, 'v'},
-      {"help", no_argument, nullptr, 'h'},        {"version", no_argument, nullptr, 'V'},
-      {"reserve-mb", required_argument, nullptr, 'r'},
-      {nullptr, 0, nullptr, 0}};
+  static const option kOptions[] = {{"data", required_argument, nullptr, 'd'},
+                                    {"mount", required_argument, nullptr, 'm'},
+                                    {"name", required_argument, nullptr, 'n'},
+                                    {"addr", required_argument, nullptr, 'a'},
+                                    {"links", no_argument, nullptr, 'L'},
+                                    {"foreground", no_argument, nullptr, 'f'},
+                                    {"log", required_argument, nullptr, 'l'},
+                                    {"log-level", required_argument, nullptr, 'v'},
+                                    {"help", no_argument, nullptr, 'h'},
+                                    {"version", no_argument, nullptr, 'V'},
+                                    {"reserve-mb", required_argument, nullptr, 'r'},
+                                    {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
     switch (c) {
-      case 'd': f.data = optarg; break;
-      case 'm': f.mount = optarg; break;
-      case 'n': f.name = optarg; break;
-      case 'a': f.addr = optarg; break;
-      case 'L': f.links = true; break;
-      case 'f': f.foreground = true; break;
-      case 'l': f.log = optarg; break;
-      case 'v': f.log_level = optarg; break;
+      case 'd':
+        f.data = optarg;
+        break;
+      case 'm':
+        f.mount = optarg;
+        break;
+      case 'n':
+        f.name = optarg;
+        break;
+      case 'a':
+        f.addr = optarg;
+        break;
+      case 'L':
+        f.links = true;
+        break;
+      case 'f':
+        f.foreground = true;
+        break;
+      case 'l':
+        f.log = optarg;
+        break;
+      case 'v':
+        f.log_level = optarg;
+        break;
       case 'r': {
         char* end = nullptr;
         unsigned long long v = strtoull(optarg, &end, 10);
@@ -302,9 +322,15 @@ int Main(int argc, char** argv) {
         f.reserve_mb = v;
         break;
       }
-      case 'h': fputs(kUsage, stdout); return 0;
-      case 'V': printf("constellationd %s\n", kVersion); return 0;
-      default: fputs(kUsage, stderr); return 2;
+      case 'h':
+        fputs(kUsage, stdout);
+        return 0;
+      case 'V':
+        printf("constellationd %s\n", kVersion);
+        return 0;
+      default:
+        fputs(kUsage, stderr);
+        return 2;
     }
   }
   if (optind < argc || f.data.empty() || f.mount.empty()) {

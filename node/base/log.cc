@@ -26,8 +26,9 @@ LogLine::LogLine(LogLevel level, const char* file, int line) : level_(level) {
   tm t;
   gmtime_r(&tv.tv_sec, &t);
   char ts[96];
-  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", t.tm_year + 1900, t.tm_mon + 1,
-                t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<long>(tv.tv_usec / 1000));
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", t.tm_year + 1900,
+                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                static_cast<long>(tv.tv_usec / 1000));
   const char* base = std::strrchr(file, '/');
   os_ << ts << ' ' << kNames[static_cast<int>(level)] << ' ' << (base ? base + 1 : file) << ':'
       << line << ' ';

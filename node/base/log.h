@@ -34,18 +34,19 @@ struct LogVoidify {
 
 // `LogVoidify() & stream` lets the macros be expressions (glog's trick), so they are safe in an
 // unbraced if/else.
-#define CN_LOG(level)                                                         \
-  !::constellation::LogEnabled(::constellation::LogLevel::k##level)           \
-      ? (void)0                                                               \
-      : ::constellation::LogVoidify() &                                       \
-            ::constellation::LogLine(::constellation::LogLevel::k##level, __FILE__, __LINE__).stream()
+#define CN_LOG(level)                                                                         \
+  !::constellation::LogEnabled(::constellation::LogLevel::k##level)                           \
+      ? (void)0                                                                               \
+      : ::constellation::LogVoidify() &                                                       \
+            ::constellation::LogLine(::constellation::LogLevel::k##level, __FILE__, __LINE__) \
+                .stream()
 
 // Invariant check, always on (TigerBeetle style): a violated invariant is a bug, so stop loudly.
-#define CN_CHECK(cond)                                                                        \
-  (cond) ? (void)0                                                                            \
-         : ::constellation::LogVoidify() &                                                    \
+#define CN_CHECK(cond)                                                                         \
+  (cond) ? (void)0                                                                             \
+         : ::constellation::LogVoidify() &                                                     \
                ::constellation::LogLine(::constellation::LogLevel::kFatal, __FILE__, __LINE__) \
-                       .stream()                                                              \
+                       .stream()                                                               \
                    << "check failed: " #cond " "
 
 #endif  // CONSTELLATION_NODE_BASE_LOG_H_

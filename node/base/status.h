@@ -85,7 +85,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok() && "Result built from an OK status has no value");
   }
@@ -110,19 +110,18 @@ class [[nodiscard]] Result {
 }  // namespace constellation
 
 // Returns early from the enclosing function when `expr` (a Status) is not OK.
-#define CN_RETURN_IF_ERROR(expr)                           \
-  do {                                                     \
-    ::constellation::Status _cn_status = (expr);           \
-    if (!_cn_status.ok()) return _cn_status;               \
+#define CN_RETURN_IF_ERROR(expr)                 \
+  do {                                           \
+    ::constellation::Status _cn_status = (expr); \
+    if (!_cn_status.ok()) return _cn_status;     \
   } while (0)
 
 #define CN_CONCAT_INNER(a, b) a##b
 #define CN_CONCAT(a, b) CN_CONCAT_INNER(a, b)
 // `CN_ASSIGN_OR_RETURN(auto x, F())`: x = F().value(), or return its Status.
-#define CN_ASSIGN_OR_RETURN(lhs, expr)                                 \
-  auto CN_CONCAT(_cn_result_, __LINE__) = (expr);                      \
-  if (!CN_CONCAT(_cn_result_, __LINE__).ok())                          \
-    return CN_CONCAT(_cn_result_, __LINE__).status();                  \
+#define CN_ASSIGN_OR_RETURN(lhs, expr)                                                          \
+  auto CN_CONCAT(_cn_result_, __LINE__) = (expr);                                               \
+  if (!CN_CONCAT(_cn_result_, __LINE__).ok()) return CN_CONCAT(_cn_result_, __LINE__).status(); \
   lhs = std::move(CN_CONCAT(_cn_result_, __LINE__)).value()
 
 #endif  // CONSTELLATION_NODE_BASE_STATUS_H_

@@ -24,16 +24,16 @@ inline constexpr size_t kMaxCommandValueBytes = 64 * 1024;
 inline constexpr size_t kMaxCommandNameBytes = 4096;  // node, op, path, object, field, result
 
 enum class CommandType : uint16_t {
-  kBootstrap = 1,        // value = cluster id; first entry of a new cluster
-  kNodeUpdate = 2,       // object = node; value = NodeInfo lines (addr, cpu_cores, ram_mb, version)
-  kNodeSetLabels = 3,    // object = node; value = label lines
-  kInstanceCreate = 4,   // object = instance; uid/gid = owner
-  kInstanceRemove = 5,   // object = instance
-  kInstanceSet = 6,      // object = instance; field; value
-  kInstanceSpec = 7,     // object = instance; value = spec lines
-  kInstanceCtl = 8,      // object = instance; value = verb [arg]
-  kAuditOnly = 9,        // a write refused before it reached the log: recorded in audit only
-  kNoop = 10,            // changes nothing (leader confirmation, tests)
+  kBootstrap = 1,       // value = cluster id; first entry of a new cluster
+  kNodeUpdate = 2,      // object = node; value = NodeInfo lines (addr, cpu_cores, ram_mb, version)
+  kNodeSetLabels = 3,   // object = node; value = label lines
+  kInstanceCreate = 4,  // object = instance; uid/gid = owner
+  kInstanceRemove = 5,  // object = instance
+  kInstanceSet = 6,     // object = instance; field; value
+  kInstanceSpec = 7,    // object = instance; value = spec lines
+  kInstanceCtl = 8,     // object = instance; value = verb [arg]
+  kAuditOnly = 9,       // a write refused before it reached the log: recorded in audit only
+  kNoop = 10,           // changes nothing (leader confirmation, tests)
 };
 inline constexpr uint16_t kMaxCommandType = 10;
 

@@ -36,8 +36,8 @@ std::string EventHub::Read(uint64_t* cursor, size_t max_bytes) {
   std::lock_guard<std::mutex> l(mu_);
   std::string out;
   if (*cursor < first_seq_) {
-    out = std::to_string(last_time_ms_) + " events_dropped - count=" +
-          std::to_string(first_seq_ - *cursor) + "\n";
+    out = std::to_string(last_time_ms_) +
+          " events_dropped - count=" + std::to_string(first_seq_ - *cursor) + "\n";
     *cursor = first_seq_;
   }
   uint64_t end = first_seq_ + lines_.size();

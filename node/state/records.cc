@@ -101,14 +101,14 @@ Status ParsePlacement(std::string_view value, std::vector<std::string>* out) {
     std::string rest = eq == std::string::npos ? "" : line.substr(eq + 1);
     if (key == "strategy") {
       if (rest != "spread" && rest != "binpack" && rest != "random") {
-        return Status::InvalidArgument("placement: strategy must be spread, binpack or random, not " +
-                                       Quote(rest));
+        return Status::InvalidArgument(
+            "placement: strategy must be spread, binpack or random, not " + Quote(rest));
       }
     } else if (key == "constraint" || key == "affinity" || key == "anti_affinity") {
       size_t eq2 = rest.find('=');
       if (eq2 == std::string::npos || eq2 == 0) {
-        return Status::InvalidArgument("placement: " + key + " must be " + key + "=KEY=VALUE, not " +
-                                       Quote(line));
+        return Status::InvalidArgument("placement: " + key + " must be " + key +
+                                       "=KEY=VALUE, not " + Quote(line));
       }
     } else {
       return Status::InvalidArgument(

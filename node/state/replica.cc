@@ -94,8 +94,7 @@ struct Replica::Impl {
     std::vector<std::pair<uint64_t, Status>> verdicts;
     for (const LogEntry& e : *entries) {
       Result<Command> c = DecodeCommand(e.data);
-      CN_CHECK(c.ok()) << "log entry " << e.index << " cannot be applied: "
-                       << c.status().ToString()
+      CN_CHECK(c.ok()) << "log entry " << e.index << " cannot be applied: " << c.status().ToString()
                        << " (was it written by a newer daemon? upgrade this node)";
       Status verdict = state.Apply(e.index, *c, &batch, &lines);
       if (c->node == options.node_name && c->request_id != 0) {
@@ -252,12 +251,14 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   uint64_t last_index = applied;
   Status replay;
   CN_RETURN_IF_ERROR(m.kv->Scan(
-      keys::kLogPrefix + BigEndian64(applied + 1), "l0", [&](std::string_view k, std::string_view d) {
+      keys::kLogPrefix + BigEndian64(applied + 1), "l0",
+      [&](std::string_view k, std::string_view d) {
         uint64_t index = FromBigEndian64(k.substr(2));
         Reader r(d);
         uint64_t entry_term = 0;
         if (index != last_index + 1 || !r.Fixed64(&entry_term)) {
-          replay = Status::Corruption("log: gap or malformed entry at index " + std::to_string(index));
+          replay =
+              Status::Corruption("log: gap or malformed entry at index " + std::to_string(index));
           return false;
         }
         m.unapplied.push_back(LogEntry{index, entry_term, std::string(d.substr(8))});

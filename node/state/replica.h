@@ -24,10 +24,10 @@ struct ReplicaOptions {
   std::string data_dir;   // the key-value store lives in data_dir/state
   std::string node_name;  // this node
   Env* env = nullptr;
-  size_t max_pending = 4096;        // proposals queued before Propose returns Unavailable
-  size_t max_batch = 1024;          // proposals per log write
+  size_t max_pending = 4096;           // proposals queued before Propose returns Unavailable
+  size_t max_batch = 1024;             // proposals per log write
   int64_t propose_timeout_ms = 10000;  // longest a proposer waits for its command to apply
-  uint64_t log_keep = 10000;        // applied entries kept in the log before compaction
+  uint64_t log_keep = 10000;           // applied entries kept in the log before compaction
   uint64_t audit_keep = 100000;
   // New commands are refused (NoSpace) while the data dir's file system has less free space than
   // this, so that entries already committed can always be applied.

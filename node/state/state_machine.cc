@@ -62,15 +62,16 @@ Status StateMachine::Load(KvStore* kv) {
   if (kv->Get(keys::kAuditSeq, &v).ok()) audit_seq_ = FromBigEndian64(v);
   if (kv->Get(keys::kCluster, &v).ok()) cluster_id_ = v;
   Status decode;
-  CN_RETURN_IF_ERROR(kv->Scan(keys::kInstancePrefix, "i0", [&](std::string_view, std::string_view d) {
-    Result<InstanceRecord> r = DecodeInstance(d);
-    if (!r.ok()) {
-      decode = r.status();
-      return false;
-    }
-    instances_[r->name] = std::move(*r);
-    return true;
-  }));
+  CN_RETURN_IF_ERROR(
+      kv->Scan(keys::kInstancePrefix, "i0", [&](std::string_view, std::string_view d) {
+        Result<InstanceRecord> r = DecodeInstance(d);
+        if (!r.ok()) {
+          decode = r.status();
+          return false;
+        }
+        instances_[r->name] = std::move(*r);
+        return true;
+      }));
   CN_RETURN_IF_ERROR(decode);
   CN_RETURN_IF_ERROR(kv->Scan(keys::kNodePrefix, "n0", [&](std::string_view, std::string_view d) {
     Result<NodeRecord> r = DecodeNode(d);
@@ -176,8 +177,8 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
         }
       }
       PutNode(r, batch);
-      events->push_back(t + (old ? "node_updated " : "node_joined ") + r.name + " addr=" +
-                        Field(r.addr));
+      events->push_back(t + (old ? "node_updated " : "node_joined ") + r.name +
+                        " addr=" + Field(r.addr));
       return Status::Ok();
     }
     case CommandType::kNodeSetLabels: {

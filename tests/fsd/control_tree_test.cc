@@ -1,7 +1,8 @@
+#include "fsd/control_tree.h"
+
 #include <sys/stat.h>
 
 #include "catch2/catch.hpp"
-#include "fsd/control_tree.h"
 #include "node/env/env_fake.h"
 
 namespace constellation {

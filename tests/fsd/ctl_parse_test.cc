@@ -1,7 +1,8 @@
+#include "fsd/ctl_parse.h"
+
 #include <csignal>
 
 #include "catch2/catch.hpp"
-#include "fsd/ctl_parse.h"
 #include "fsd/errno.h"
 
 namespace constellation {

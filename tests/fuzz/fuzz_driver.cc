@@ -46,7 +46,10 @@ int main(int argc, char** argv) {
           case 0:
             if (!buf.empty()) buf[rng() % buf.size()] = static_cast<char>(rng());
             break;
-          case 1: buf.insert(buf.begin() + (buf.empty() ? 0 : rng() % buf.size()), static_cast<char>(rng())); break;
+          case 1:
+            buf.insert(buf.begin() + (buf.empty() ? 0 : rng() % buf.size()),
+                       static_cast<char>(rng()));
+            break;
           case 2:
             if (!buf.empty()) buf.erase(rng() % buf.size(), 1 + rng() % 4);
             break;

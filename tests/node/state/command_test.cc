@@ -1,5 +1,6 @@
-#include "catch2/catch.hpp"
 #include "node/state/command.h"
+
+#include "catch2/catch.hpp"
 
 namespace constellation {
 

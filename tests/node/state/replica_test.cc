@@ -1,8 +1,9 @@
+#include "node/state/replica.h"
+
 #include <thread>
 
 #include "catch2/catch.hpp"
 #include "node/env/env_fake.h"
-#include "node/state/replica.h"
 
 namespace constellation {
 namespace {
@@ -102,7 +103,8 @@ TEST_CASE("acknowledged commands survive a crash, applied exactly once") {
     auto r = f.Open();
     cluster = r->GetStatus().cluster_id;
     REQUIRE(r->Propose(Create("web")).ok());
-    for (int i = 0; i < 20; ++i) REQUIRE(r->Propose(Set("web", "cpu_percent", std::to_string(i))).ok());
+    for (int i = 0; i < 20; ++i)
+      REQUIRE(r->Propose(Set("web", "cpu_percent", std::to_string(i))).ok());
   }
   // Power loss: the unsynced apply batches vanish, the synced log stays.
   f.kv.Crash();
@@ -134,7 +136,8 @@ TEST_CASE("concurrent proposers share log syncs (group commit)") {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kEach; ++i) {
-        if (!r->Propose(Set("web", "env", "T" + std::to_string(t) + "=" + std::to_string(i))).ok()) {
+        if (!r->Propose(Set("web", "env", "T" + std::to_string(t) + "=" + std::to_string(i)))
+                 .ok()) {
           ++failures;
         }
       }

@@ -1,6 +1,7 @@
+#include "node/state/state_machine.h"
+
 #include "catch2/catch.hpp"
 #include "node/env/env_fake.h"
-#include "node/state/state_machine.h"
 
 namespace constellation {
 namespace {
@@ -59,9 +60,9 @@ TEST_CASE("instances are created, updated, refused and removed") {
   CHECK_FALSE(h.sm.GetInstance("web-1"));
   CHECK(h.Apply(Cmd(CommandType::kInstanceRemove, "web-1")).code() == Code::kNotFound);
   CHECK(h.events == std::vector<std::string>{"1000 instance_created web-1 uid=1000",
-                                              "1000 instance_updated web-1 fields=ram_mb",
-                                              "1000 instance_ctl web-1 verb=start",
-                                              "1000 instance_removed web-1"});
+                                             "1000 instance_updated web-1 fields=ram_mb",
+                                             "1000 instance_ctl web-1 verb=start",
+                                             "1000 instance_removed web-1"});
 }
 
 TEST_CASE("every audited command leaves one audit line, refused ones too") {
