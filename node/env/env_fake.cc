@@ -1,0 +1,58 @@
+#include "node/env/env_fake.h"
+
+namespace constellation {
+
+Status FakeKvStore::Get(std::string_view key, std::string* value) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = live_.find(key);
+  if (it == live_.end()) return Status::NotFound("kv get");
+  *value = it->second;
+  return Status::Ok();
+}
+
+Status FakeKvStore::Write(const Batch& batch, bool sync) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (fail_count_ > 0) {
+    --fail_count_;
+    return fail_status_;
+  }
+  for (const Op& op : batch.ops()) {
+    if (op.is_put) {
+      live_[op.key] = op.value;
+    } else {
+      live_.erase(op.key);
+    }
+  }
+  if (sync) {
+    durable_ = live_;
+    ++sync_count_;
+  }
+  return Status::Ok();
+}
+
+Status FakeKvStore::Scan(std::string_view start, std::string_view limit,
+                         const std::function<bool(std::string_view, std::string_view)>& fn) {
+  std::map<std::string, std::string, std::less<>> copy;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    copy = live_;
+  }
+  for (auto it = copy.lower_bound(start); it != copy.end(); ++it) {
+    if (!limit.empty() && it->first >= limit) break;
+    if (!fn(it->first, it->second)) break;
+  }
+  return Status::Ok();
+}
+
+void FakeKvStore::Crash() {
+  std::lock_guard<std::mutex> l(mu_);
+  live_ = durable_;
+}
+
+void FakeKvStore::FailNextWrites(int count, Status status) {
+  std::lock_guard<std::mutex> l(mu_);
+  fail_count_ = count;
+  fail_status_ = std::move(status);
+}
+
+}  // namespace constellation

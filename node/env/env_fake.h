@@ -1,0 +1,67 @@
+// Fake environment pieces for tests and simulation.
+//
+// FakeKvStore is an in-memory KvStore that models durability: Crash() throws away every write
+// not yet made durable by a sync write, as a power loss would. Faults can be injected so the
+// next writes fail (e.g. with NoSpace). Thread-safe (one mutex).
+// FakeClock is advanced by hand. Thread-safe.
+#ifndef CONSTELLATION_NODE_ENV_ENV_FAKE_H_
+#define CONSTELLATION_NODE_ENV_ENV_FAKE_H_
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+
+#include "node/env/env.h"
+
+namespace constellation {
+
+class FakeClock : public Clock {
+ public:
+  explicit FakeClock(int64_t start_ms = 1'700'000'000'000) : now_ms_(start_ms) {}
+  int64_t NowUnixMs() override { return now_ms_; }
+  int64_t MonotonicMs() override { return now_ms_; }
+  void Advance(int64_t ms) { now_ms_ += ms; }
+
+ private:
+  std::atomic<int64_t> now_ms_;
+};
+
+class FakeRandom : public Random {
+ public:
+  explicit FakeRandom(uint64_t seed) : rng_(seed) {}
+  uint64_t Next() override {
+    std::lock_guard<std::mutex> l(mu_);
+    return rng_();
+  }
+
+ private:
+  std::mutex mu_;
+  std::mt19937_64 rng_;
+};
+
+class FakeKvStore : public KvStore {
+ public:
+  Status Get(std::string_view key, std::string* value) override;
+  Status Write(const Batch& batch, bool sync) override;
+  Status Scan(std::string_view start, std::string_view limit,
+              const std::function<bool(std::string_view, std::string_view)>& fn) override;
+
+  // Loses every write since the last sync write.
+  void Crash();
+  // The next `count` writes fail with `status` and change nothing.
+  void FailNextWrites(int count, Status status);
+  int sync_count() const { return sync_count_; }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::string, std::less<>> live_;
+  std::map<std::string, std::string, std::less<>> durable_;
+  int fail_count_ = 0;
+  Status fail_status_;
+  std::atomic<int> sync_count_{0};
+};
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_NODE_ENV_ENV_FAKE_H_

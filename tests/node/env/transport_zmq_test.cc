@@ -1,0 +1,387 @@
+// ZeroMQ transport over loopback. Waits are bounded (kWait) and end in a failed check, never a
+// hang; nothing sleeps to synchronize.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "catch2/catch.hpp"
+#include "node/env/transport.h"
+
+namespace constellation {
+namespace {
+
+constexpr auto kWait = std::chrono::seconds(10);
+
+// Collects what a handler receives; the main thread waits on it.
+struct Inbox {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<std::string, std::string>> messages;  // (from, body)
+
+  Transport::Handler Handler() {
+    return [this](const std::string& from, std::string body) {
+      std::lock_guard<std::mutex> l(mu);
+      messages.emplace_back(from, std::move(body));
+      cv.notify_all();
+    };
+  }
+  // True once at least n messages arrived; false after kWait.
+  bool WaitForCount(size_t n) {
+    std::unique_lock<std::mutex> l(mu);
+    return cv.wait_for(l, kWait, [&] { return messages.size() >= n; });
+  }
+  std::vector<std::pair<std::string, std::string>> Snapshot() {
+    std::lock_guard<std::mutex> l(mu);
+    return messages;
+  }
+};
+
+// Signalled once, from any thread.
+struct Latch {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  void Signal() {
+    std::lock_guard<std::mutex> l(mu);
+    done = true;
+    cv.notify_all();
+  }
+  bool Wait() {
+    std::unique_lock<std::mutex> l(mu);
+    return cv.wait_for(l, kWait, [&] { return done; });
+  }
+};
+
+std::unique_ptr<ZmqTransport> Make(ZmqTransportOptions options = {}) {
+  if (options.bind_address.empty()) options.bind_address = "tcp://127.0.0.1:*";
+  auto t = NewZmqTransport(options);
+  INFO(t.status().ToString());
+  REQUIRE(t.ok());
+  return std::move(t).value();
+}
+
+// Destroys `t` on another thread; false if that did not finish within kWait.
+bool DestroyPromptly(std::unique_ptr<ZmqTransport> t) {
+  auto latch = std::make_shared<Latch>();
+  std::thread th([t = std::move(t), latch]() mutable {
+    t.reset();
+    latch->Signal();
+  });
+  bool ok = latch->Wait();
+  if (ok) {
+    th.join();
+  } else {
+    th.detach();  // the test fails; do not hang it as well
+  }
+  return ok;
+}
+
+// A loopback port that refuses connections: bound (so no one else gets it) but not listening.
+class RefusingPort {
+ public:
+  RefusingPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  }
+  ~RefusingPort() { close(fd_); }
+  const std::string& address() const { return address_; }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+};
+
+TEST_CASE("zmq: binds a free port and reports it") {
+  auto a = Make();
+  std::string bound = a->bound_address();
+  REQUIRE(bound.rfind("127.0.0.1:", 0) == 0);
+  REQUIRE(bound != "127.0.0.1:0");
+  REQUIRE(a->self_address() == bound);
+
+  // "host:port" without the scheme, port 0, and an explicit self address.
+  ZmqTransportOptions o;
+  o.bind_address = "127.0.0.1:0";
+  o.self_address = "node-b.example:7400";
+  auto b = Make(o);
+  REQUIRE(b->bound_address().rfind("127.0.0.1:", 0) == 0);
+  REQUIRE(b->bound_address() != "127.0.0.1:0");
+  REQUIRE(b->self_address() == "node-b.example:7400");
+
+  // The port is taken now.
+  ZmqTransportOptions again;
+  again.bind_address = bound;
+  REQUIRE_FALSE(NewZmqTransport(again).ok());
+}
+
+TEST_CASE("zmq: rejects bad options and addresses") {
+  ZmqTransportOptions o;
+  o.bind_address = "tcp://127.0.0.1:*";
+  o.curve.public_key = "not-yet";
+  REQUIRE(NewZmqTransport(o).status().code() == Code::kNotSupported);
+
+  for (const char* bind : {"", "127.0.0.1", "127.0.0.1:99999", "::1:7400", "127.0.0.1:7x"}) {
+    ZmqTransportOptions b;
+    b.bind_address = bind;
+    INFO(bind);
+    REQUIRE(NewZmqTransport(b).status().code() == Code::kInvalidArgument);
+  }
+
+  ZmqTransportOptions q;
+  q.bind_address = "tcp://127.0.0.1:*";
+  q.send_queue_limit = 0;
+  REQUIRE(NewZmqTransport(q).status().code() == Code::kInvalidArgument);
+
+  // A wildcard bind cannot name itself (refused before binding anything).
+  for (const char* bind : {"tcp://*:*", "0.0.0.0:0", "[::]:0"}) {
+    ZmqTransportOptions w;
+    w.bind_address = bind;
+    INFO(bind);
+    REQUIRE(NewZmqTransport(w).status().code() == Code::kInvalidArgument);
+  }
+
+  auto a = Make();
+  for (const char* to : {"", "nohost", "host:", "host:0", "host:70000", "*:7400", "a b:1"}) {
+    INFO(to);
+    REQUIRE(a->Send(to, "x").code() == Code::kInvalidArgument);
+  }
+  REQUIRE(a->counters().rejected == 7);
+}
+
+TEST_CASE("zmq: ping-pong 1000 messages in order") {
+  constexpr int kRounds = 1000;
+  Inbox b_seen;
+  struct {
+    std::mutex mu;
+    std::vector<std::string> errors;
+    std::vector<std::string> froms;
+    int next = 0;
+  } a_state;
+  Latch finished;
+
+  auto a = Make();
+  auto b = Make();
+  ZmqTransport* a_ptr = a.get();
+  ZmqTransport* b_ptr = b.get();
+
+  b->SetHandler([&, b_ptr](const std::string& from, std::string body) {
+    b_seen.Handler()(from, body);
+    Status s = b_ptr->Send(from, "pong " + body.substr(5));
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> l(a_state.mu);
+      a_state.errors.push_back("b send: " + s.ToString());
+    }
+  });
+  a->SetHandler([&, a_ptr, b_ptr](const std::string& from, std::string body) {
+    std::lock_guard<std::mutex> l(a_state.mu);
+    a_state.froms.push_back(from);
+    std::string want = "pong " + std::to_string(a_state.next);
+    if (body != want) a_state.errors.push_back("got \"" + body + "\", want \"" + want + "\"");
+    if (++a_state.next == kRounds) {
+      finished.Signal();
+      return;
+    }
+    Status s = a_ptr->Send(b_ptr->self_address(), "ping " + std::to_string(a_state.next));
+    if (!s.ok()) a_state.errors.push_back("a send: " + s.ToString());
+  });
+
+  REQUIRE(a->Send(b->self_address(), "ping 0").ok());
+  REQUIRE(finished.Wait());
+
+  std::lock_guard<std::mutex> l(a_state.mu);
+  REQUIRE(a_state.errors.empty());
+  REQUIRE(a_state.next == kRounds);
+  for (const auto& from : a_state.froms) REQUIRE(from == b->self_address());
+  auto seen = b_seen.Snapshot();
+  REQUIRE(seen.size() == kRounds);
+  for (int i = 0; i < kRounds; ++i) {
+    REQUIRE(seen[i].first == a->self_address());
+    REQUIRE(seen[i].second == "ping " + std::to_string(i));
+  }
+  REQUIRE(a->counters().sent == kRounds);
+  REQUIRE(a->counters().received == kRounds);
+  REQUIRE(b->counters().received == kRounds);
+  // Not b's `sent`: b counts its last pong after handing it to ZeroMQ, which can be after a has
+  // already received it.
+  REQUIRE(b->counters().rejected == 0);
+  REQUIRE(a->counters().dropped == 0);
+  REQUIRE(b->counters().dropped == 0);
+}
+
+TEST_CASE("zmq: an 8 MiB message arrives intact") {
+  Inbox inbox;
+  auto a = Make();
+  auto b = Make();
+  b->SetHandler(inbox.Handler());
+
+  std::string big(8 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 131 + i / 4099) & 0xff);
+  REQUIRE(a->Send(b->self_address(), big).ok());
+  REQUIRE(inbox.WaitForCount(1));
+  auto got = inbox.Snapshot();
+  REQUIRE(got.size() == 1);
+  REQUIRE(got[0].first == a->self_address());
+  REQUIRE(got[0].second.size() == big.size());
+  REQUIRE(got[0].second == big);
+}
+
+TEST_CASE("zmq: oversized messages are refused on send and dropped on receipt") {
+  Inbox inbox;
+  auto a = Make();
+  ZmqTransportOptions small;
+  small.bind_address = "tcp://127.0.0.1:*";
+  small.max_message_size = 1 << 20;
+  auto b = Make(small);
+  b->SetHandler(inbox.Handler());
+
+  REQUIRE(b->Send(a->self_address(), std::string((1 << 20) + 1, 'x')).code() == Code::kTooLarge);
+  REQUIRE(b->counters().rejected == 1);
+
+  // a allows 64 MiB, b only 1 MiB: b drops the big one and still gets the one after it (order
+  // on the link means the big one was dealt with first).
+  REQUIRE(a->Send(b->self_address(), std::string((3 << 20) / 2, 'y')).ok());
+  REQUIRE(a->Send(b->self_address(), "after").ok());
+  REQUIRE(inbox.WaitForCount(1));
+  auto got = inbox.Snapshot();
+  REQUIRE(got.size() == 1);
+  REQUIRE(got[0].second == "after");
+  REQUIRE(b->counters().dropped == 1);
+  REQUIRE(b->counters().received == 1);
+}
+
+TEST_CASE("zmq: an unreachable peer fills its queue without blocking or hurting others") {
+  RefusingPort dead;
+  Inbox inbox;
+  ZmqTransportOptions o;
+  o.bind_address = "tcp://127.0.0.1:*";
+  o.send_queue_limit = 8;
+  auto a = Make(o);
+  auto b = Make();
+  b->SetHandler(inbox.Handler());
+
+  // Nothing leaves the queue while the peer cannot be connected (ZMQ_IMMEDIATE), so exactly
+  // send_queue_limit sends fit.
+  for (int i = 0; i < 8; ++i) REQUIRE(a->Send(dead.address(), "m" + std::to_string(i)).ok());
+  Status full = a->Send(dead.address(), "one too many");
+  REQUIRE(full.code() == Code::kUnavailable);
+  REQUIRE(a->counters().rejected == 1);
+
+  // Another peer's queue is separate.
+  for (int i = 0; i < 8; ++i) REQUIRE(a->Send(b->self_address(), std::to_string(i)).ok());
+  REQUIRE(inbox.WaitForCount(8));
+  auto got = inbox.Snapshot();
+  for (int i = 0; i < 8; ++i) REQUIRE(got[i].second == std::to_string(i));
+  REQUIRE(a->Send(dead.address(), "still full").code() == Code::kUnavailable);
+}
+
+TEST_CASE("zmq: the peer limit is enforced") {
+  ZmqTransportOptions o;
+  o.bind_address = "tcp://127.0.0.1:*";
+  o.max_peers = 2;
+  auto a = Make(o);
+  REQUIRE(a->Send("127.0.0.1:1", "x").ok());
+  REQUIRE(a->Send("127.0.0.1:2", "x").ok());
+  REQUIRE(a->Send("127.0.0.1:1", "y").ok());  // known peer
+  REQUIRE(a->Send("127.0.0.1:3", "x").code() == Code::kUnavailable);
+}
+
+TEST_CASE("zmq: a node can send to itself") {
+  Inbox inbox;
+  auto a = Make();
+  a->SetHandler(inbox.Handler());
+  REQUIRE(a->Send(a->self_address(), "hello me").ok());
+  REQUIRE(inbox.WaitForCount(1));
+  REQUIRE(inbox.Snapshot()[0] == std::make_pair(a->self_address(), std::string("hello me")));
+}
+
+TEST_CASE("zmq: concurrent senders keep each sender's order") {
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 500;
+  Inbox inbox;
+  ZmqTransportOptions o;
+  o.bind_address = "tcp://127.0.0.1:*";
+  o.send_queue_limit = kThreads * kPerThread;  // never full, so every Send must succeed
+  auto a = Make(o);
+  auto b = Make();
+  b->SetHandler(inbox.Handler());
+
+  std::vector<std::thread> threads;
+  std::mutex err_mu;
+  std::vector<std::string> errors;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Status s = a->Send(b->self_address(), std::to_string(t) + ":" + std::to_string(i));
+        if (!s.ok()) {
+          std::lock_guard<std::mutex> l(err_mu);
+          errors.push_back(s.ToString());
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(errors.empty());
+  REQUIRE(inbox.WaitForCount(kThreads * kPerThread));
+  std::vector<int> next(kThreads, 0);
+  for (const auto& [from, body] : inbox.Snapshot()) {
+    size_t colon = body.find(':');
+    int t = std::stoi(body.substr(0, colon));
+    int i = std::stoi(body.substr(colon + 1));
+    REQUIRE(i == next[t]);
+    ++next[t];
+  }
+  for (int t = 0; t < kThreads; ++t) REQUIRE(next[t] == kPerThread);
+}
+
+TEST_CASE("zmq: shutdown with pending messages returns promptly") {
+  RefusingPort dead;
+  Inbox inbox;
+  auto b = Make();
+  b->SetHandler(inbox.Handler());
+  auto a = Make();
+  // Queued for a peer that refuses, and a burst for a live one that cannot all have left yet.
+  for (int i = 0; i < 100; ++i) REQUIRE(a->Send(dead.address(), "pending").ok());
+  std::string chunk(256 << 10, 'z');
+  for (int i = 0; i < 200; ++i) REQUIRE(a->Send(b->self_address(), chunk).ok());
+  REQUIRE(DestroyPromptly(std::move(a)));
+  REQUIRE(DestroyPromptly(std::move(b)));
+}
+
+TEST_CASE("zmq: a handler may replace itself") {
+  Inbox first, second;
+  auto a = Make();
+  auto b = Make();
+  ZmqTransport* b_ptr = b.get();
+  auto first_handler = first.Handler();
+  b->SetHandler([&, b_ptr, first_handler](const std::string& from, std::string body) {
+    first_handler(from, std::move(body));
+    b_ptr->SetHandler(second.Handler());
+  });
+  REQUIRE(a->Send(b->self_address(), "1").ok());
+  REQUIRE(a->Send(b->self_address(), "2").ok());
+  REQUIRE(a->Send(b->self_address(), "3").ok());
+  REQUIRE(second.WaitForCount(2));
+  REQUIRE(first.Snapshot().size() == 1);
+  REQUIRE(first.Snapshot()[0].second == "1");
+  REQUIRE(second.Snapshot()[0].second == "2");
+  REQUIRE(second.Snapshot()[1].second == "3");
+}
+
+}  // namespace
+}  // namespace constellation
