@@ -236,6 +236,9 @@ Result<Attr> ControlTree::AttrFor(const Node& node, uint64_t ino) {
   Attr a;
   a.ino = ino;
   a.mtime_ms = options_.start_ms;
+  a.stable = node.kind == Kind::kRoot || node.kind == Kind::kClusterDir ||
+             node.kind == Kind::kCtlDir || node.kind == Kind::kNodesDir ||
+             node.kind == Kind::kInstancesDir || node.kind == Kind::kCtlFile;
   switch (node.kind) {
     case Kind::kRoot:
       a.mode = S_IFDIR | 0755;

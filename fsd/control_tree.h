@@ -44,6 +44,9 @@ struct Attr {
   uint32_t gid = 0;
   uint32_t nlink = 1;
   int64_t mtime_ms = 0;
+  // The entry and its attributes never change while the daemon runs (fixed directories and
+  // cluster-wide files): the kernel may cache them.
+  bool stable = false;
 };
 
 struct DirEntry {

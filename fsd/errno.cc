@@ -48,6 +48,12 @@ int ToErrno(const Status& status) {
       return EINTR;
     case Code::kInternal:
       return EIO;
+    case Code::kNoData:
+      return ENODATA;
+    case Code::kTooManyLinks:
+      return EMLINK;
+    case Code::kLoop:
+      return ELOOP;
   }
   return EIO;
 }

@@ -32,6 +32,8 @@ struct Handle {
   fuse_pollhandle* ph = nullptr;
 };
 
+constexpr double kStableTimeoutS = 3600;
+
 Handle* HandleOf(fuse_file_info* fi) { return reinterpret_cast<Handle*>(fi->fh); }
 
 struct stat ToStat(const Attr& a) {
@@ -78,14 +80,17 @@ struct FuseFront::Impl {
   std::map<uint64_t, Parked> parked;
   uint64_t next_token = 1;
   std::set<Handle*> event_handles;
+  std::set<Handle*> handles;  // every open file, so shutdown frees those never released
   bool wake = false;
   bool stopping = false;
   std::thread dispatcher;
 
   static Impl* From(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
 
+  // Called after every commit: wakes the dispatcher only when someone waits for events.
   void Wake() {
     std::lock_guard<std::mutex> l(mu);
+    if (parked.empty() && event_handles.empty()) return;
     wake = true;
     cv.notify_one();
   }
@@ -191,8 +196,10 @@ struct FuseFront::Impl {
     e.ino = a->ino;
     e.generation = 1;
     e.attr = ToStat(*a);
-    e.attr_timeout = 0;
-    e.entry_timeout = 0;
+    // Fixed entries are cached; everything else is looked up afresh (timeouts 0), because
+    // instances come and go and their files change owner with them.
+    e.attr_timeout = a->stable ? kStableTimeoutS : 0;
+    e.entry_timeout = a->stable ? kStableTimeoutS : 0;
     fuse_reply_entry(req, &e);
   }
 
@@ -214,7 +221,7 @@ struct FuseFront::Impl {
     Result<Attr> a = From(req)->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
     struct stat st = ToStat(*a);
-    fuse_reply_attr(req, &st, 0);
+    fuse_reply_attr(req, &st, a->stable ? kStableTimeoutS : 0);
   }
 
   static void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat*, int to_set, fuse_file_info*) {
@@ -272,17 +279,21 @@ struct FuseFront::Impl {
     h->accumulate = !self->tree->IsCtlFile(ino);
     fi->direct_io = 1;
     fi->keep_cache = 0;
-    if (h->events) {
-      fi->nonseekable = 1;
-      h->cursor = self->hub->Subscribe();
+    {
       std::lock_guard<std::mutex> l(self->mu);
-      self->event_handles.insert(h);
+      self->handles.insert(h);
+      if (h->events) {
+        fi->nonseekable = 1;
+        h->cursor = self->hub->Subscribe();
+        self->event_handles.insert(h);
+      }
     }
     fi->fh = reinterpret_cast<uint64_t>(h);
     if (fuse_reply_open(req, fi) != 0) {
       // The opener is gone (interrupted): no release will follow.
       std::lock_guard<std::mutex> l(self->mu);
       self->event_handles.erase(h);
+      self->handles.erase(h);
       delete h;
     }
   }
@@ -293,6 +304,7 @@ struct FuseFront::Impl {
     {
       std::lock_guard<std::mutex> l(self->mu);
       self->event_handles.erase(h);
+      self->handles.erase(h);
     }
     if (h->ph != nullptr) fuse_pollhandle_destroy(h->ph);
     delete h;
@@ -495,6 +507,11 @@ FuseFront::~FuseFront() {
   if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
   if (impl_->mounted) fuse_session_unmount(impl_->se);
   if (impl_->se != nullptr) fuse_session_destroy(impl_->se);
+  // Files still open when the loop ended never get their release.
+  for (Handle* h : impl_->handles) {
+    if (h->ph != nullptr) fuse_pollhandle_destroy(h->ph);
+    delete h;
+  }
 }
 
 Status FuseFront::Run() {

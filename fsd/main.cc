@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -114,23 +115,25 @@ std::string MountTypeAt(const std::string& path) {
 }
 
 Status PrepareMountPoint(const std::string& mount) {
-  struct stat st;
-  if (stat(mount.c_str(), &st) != 0) {
-    if (errno == ENOTCONN) {
-      CN_LOG(Warning) << "clearing the stale mount at " << mount << " left by a dead daemon";
-      if (umount2(mount.c_str(), MNT_DETACH) != 0) {
-        return Status::FromErrno(errno, "cannot clear the stale mount at " + mount);
-      }
-    } else if (errno != ENOENT) {
-      return Status::FromErrno(errno, "mount point " + mount);
-    }
-  }
-  CN_RETURN_IF_ERROR(MkdirAll(mount));
+  // A FUSE mount whose daemon died answers every request with ENOTCONN. statfs always reaches the
+  // daemon (stat may be answered from the kernel's attribute cache), so it tells dead from live.
   std::string type = MountTypeAt(mount);
   if (type.rfind("fuse", 0) == 0) {
-    return Status::Busy("mount point " + mount + " is held by a live daemon (" + type +
-                        "); stop it first (tools/down or kill its constellationd)");
+    struct statfs sfs;
+    if (statfs(mount.c_str(), &sfs) == 0 || errno != ENOTCONN) {
+      return Status::Busy("mount point " + mount + " is held by a live daemon (" + type +
+                          "); stop it first (tools/down or kill its constellationd)");
+    }
+    CN_LOG(Warning) << "clearing the stale mount at " << mount << " left by a dead daemon";
+    if (umount2(mount.c_str(), MNT_DETACH) != 0) {
+      return Status::FromErrno(errno, "cannot clear the stale mount at " + mount);
+    }
   }
+  struct stat st;
+  if (stat(mount.c_str(), &st) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "mount point " + mount);
+  }
+  CN_RETURN_IF_ERROR(MkdirAll(mount));
   return Status::Ok();
 }
 

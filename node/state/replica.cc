@@ -62,6 +62,7 @@ struct Replica::Impl {
 
   std::vector<LogEntry> unapplied;  // committed but not yet applied (agent thread only)
   int64_t apply_backoff_ms = 0;     // agent thread only
+  uint64_t durable_index = 0;       // last log index known durable (agent thread only)
   std::thread agent;
 
   Impl(const ReplicaOptions& o)
@@ -195,6 +196,17 @@ struct Replica::Impl {
       }
       if (consensus->HasReady()) {
         Ready rd = consensus->GetReady();
+        // Committed entries that were durable before this Ready are applied (and their proposers
+        // answered) first, without waiting for this Ready's log sync; any made durable by this
+        // Ready's own write are applied after it.
+        std::vector<LogEntry> after_persist;
+        for (LogEntry& e : rd.committed_entries) {
+          (e.index <= durable_index ? unapplied : after_persist).push_back(std::move(e));
+        }
+        if (!unapplied.empty()) {
+          Status s = ApplyEntries(&unapplied, true);
+          if (!s.ok()) ApplyFailed(s);
+        }
         if (!rd.entries.empty() || rd.hard_state) {
           KvStore::Batch log_batch;
           for (const LogEntry& e : rd.entries) {
@@ -210,12 +222,16 @@ struct Replica::Impl {
               if (c.ok()) Finish(c->request_id, s);
             }
             rd.entries.clear();
+          } else if (!rd.entries.empty()) {
+            durable_index = rd.entries.back().index;
           }
         }
         // Messages would be sent here (Raft); the single voter has none.
-        for (LogEntry& e : rd.committed_entries) unapplied.push_back(std::move(e));
-        Status s = ApplyEntries(&unapplied, true);
-        if (!s.ok()) ApplyFailed(s);
+        if (!after_persist.empty()) {
+          for (LogEntry& e : after_persist) unapplied.push_back(std::move(e));
+          Status s = ApplyEntries(&unapplied, true);
+          if (!s.ok()) ApplyFailed(s);
+        }
         consensus->Advance();
         std::lock_guard<std::mutex> l(mu);
         term = consensus->term();
@@ -272,6 +288,7 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
     CN_LOG(Info) << "replayed log entries " << applied + 1 << ".." << last_index;
   }
   if (last_index < m.log_first - 1) last_index = m.log_first - 1;
+  m.durable_index = last_index;
   m.consensus = NewSingleVoter(options.node_name, last_index, term);
   m.term = m.consensus->term();
   m.commit_index = m.consensus->commit_index();
