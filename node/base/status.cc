@@ -49,12 +49,18 @@ const char* CodeName(Code code) {
       return "Interrupted";
     case Code::kInternal:
       return "Internal";
+    case Code::kNoData:
+      return "NoData";
+    case Code::kTooManyLinks:
+      return "TooManyLinks";
+    case Code::kLoop:
+      return "Loop";
   }
   return "Unknown";
 }
 
 Code CodeFromName(std::string_view name) {
-  for (int c = 0; c <= static_cast<int>(Code::kInternal); ++c) {
+  for (int c = 0; c <= static_cast<int>(Code::kLoop); ++c) {
     if (name == CodeName(static_cast<Code>(c))) return static_cast<Code>(c);
   }
   return Code::kInternal;
@@ -99,6 +105,12 @@ Status Status::FromErrno(int err, const std::string& what) {
       return Status(Code::kNameTooLong, m);
     case EINTR:
       return Interrupted(m);
+    case ENODATA:
+      return Status(Code::kNoData, m);
+    case EMLINK:
+      return Status(Code::kTooManyLinks, m);
+    case ELOOP:
+      return Status(Code::kLoop, m);
     default:
       return IoError(m);
   }

@@ -36,6 +36,9 @@ enum class Code : int {
   kNameTooLong,       // ENAMETOOLONG
   kInterrupted,       // EINTR
   kInternal,          // EIO
+  kNoData,            // ENODATA (no such xattr)
+  kTooManyLinks,      // EMLINK
+  kLoop,              // ELOOP, and EINVAL for a directory moved into itself
 };
 
 const char* CodeName(Code code);
