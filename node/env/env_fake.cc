@@ -55,4 +55,22 @@ void FakeKvStore::FailNextWrites(int count, Status status) {
   fail_status_ = std::move(status);
 }
 
+namespace {
+class SharedKvStore : public KvStore {
+ public:
+  explicit SharedKvStore(KvStore* kv) : kv_(kv) {}
+  Status Get(std::string_view k, std::string* v) override { return kv_->Get(k, v); }
+  Status Write(const Batch& b, bool sync) override { return kv_->Write(b, sync); }
+  Status Scan(std::string_view s, std::string_view l,
+              const std::function<bool(std::string_view, std::string_view)>& fn) override {
+    return kv_->Scan(s, l, fn);
+  }
+
+ private:
+  KvStore* kv_;
+};
+}  // namespace
+
+std::unique_ptr<KvStore> FakeKvStore::Share() { return std::make_unique<SharedKvStore>(this); }
+
 }  // namespace constellation

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 
@@ -47,6 +48,9 @@ class FakeKvStore : public KvStore {
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override;
 
+  // A KvStore handle onto this store (which must outlive it), for code that takes ownership of
+  // its store (Replica::Open through Env::open_kv) while the test keeps the store to crash it.
+  std::unique_ptr<KvStore> Share();
   // Loses every write since the last sync write.
   void Crash();
   // The next `count` writes fail with `status` and change nothing.

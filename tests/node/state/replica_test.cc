@@ -8,21 +8,6 @@
 namespace constellation {
 namespace {
 
-// A KvStore handle onto a FakeKvStore that outlives the Replica, so a test can crash and reopen.
-class SharedKv : public KvStore {
- public:
-  explicit SharedKv(FakeKvStore* kv) : kv_(kv) {}
-  Status Get(std::string_view k, std::string* v) override { return kv_->Get(k, v); }
-  Status Write(const Batch& b, bool sync) override { return kv_->Write(b, sync); }
-  Status Scan(std::string_view s, std::string_view l,
-              const std::function<bool(std::string_view, std::string_view)>& fn) override {
-    return kv_->Scan(s, l, fn);
-  }
-
- private:
-  FakeKvStore* kv_;
-};
-
 struct Fixture {
   FakeKvStore kv;
   FakeClock clock;
@@ -35,7 +20,7 @@ struct Fixture {
     env.clock = &clock;
     env.random = &random;
     env.open_kv = [this](const std::string&) -> Result<std::unique_ptr<KvStore>> {
-      return std::unique_ptr<KvStore>(new SharedKv(&kv));
+      return kv.Share();
     };
     options.data_dir = "/unused";
     options.node_name = "n1";
