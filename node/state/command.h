@@ -20,7 +20,9 @@
 namespace constellation {
 
 inline constexpr uint16_t kCommandVersion = 1;
-inline constexpr size_t kMaxCommandValueBytes = 64 * 1024;
+// Control-file values are limited to 64 KiB by the FUSE front; file-system commands carry extent
+// lists, which grow with the file.
+inline constexpr size_t kMaxCommandValueBytes = 16 << 20;
 inline constexpr size_t kMaxCommandNameBytes = 4096;  // node, op, path, object, field, result
 
 enum class CommandType : uint16_t {
@@ -34,8 +36,9 @@ enum class CommandType : uint16_t {
   kInstanceCtl = 8,     // object = instance; value = verb [arg]
   kAuditOnly = 9,       // a write refused before it reached the log: recorded in audit only
   kNoop = 10,           // changes nothing (leader confirmation, tests)
+  kFs = 11,             // value = an encoded FsOp (node/dfs/meta.h): cluster/ metadata
 };
-inline constexpr uint16_t kMaxCommandType = 10;
+inline constexpr uint16_t kMaxCommandType = 11;
 
 struct Command {
   CommandType type = CommandType::kNoop;

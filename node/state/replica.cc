@@ -22,6 +22,7 @@ struct Waiter {
   std::condition_variable cv;
   bool done = false;
   Status verdict;
+  std::string result;
 };
 
 std::string EncodeEntry(const LogEntry& e) {
@@ -71,7 +72,7 @@ struct Replica::Impl {
         state(StateMachineOptions{o.audit_keep}),
         events(o.event_capacity) {}
 
-  void Finish(uint64_t request_id, const Status& verdict) {
+  void Finish(uint64_t request_id, const Status& verdict, std::string result = {}) {
     std::shared_ptr<Waiter> w;
     {
       std::lock_guard<std::mutex> l(mu);
@@ -83,6 +84,7 @@ struct Replica::Impl {
     std::lock_guard<std::mutex> l(w->mu);
     w->done = true;
     w->verdict = verdict;
+    w->result = std::move(result);
     w->cv.notify_all();
   }
 
@@ -92,16 +94,23 @@ struct Replica::Impl {
     if (entries->empty()) return Status::Ok();
     KvStore::Batch batch;
     std::vector<std::string> lines;
-    std::vector<std::pair<uint64_t, Status>> verdicts;
+    struct Answer {
+      uint64_t request_id;
+      Status verdict;
+      std::string result;
+    };
+    std::vector<Answer> answers;
     for (const LogEntry& e : *entries) {
       Result<Command> c = DecodeCommand(e.data);
       CN_CHECK(c.ok()) << "log entry " << e.index << " cannot be applied: " << c.status().ToString()
                        << " (was it written by a newer daemon? upgrade this node)";
-      Status verdict = state.Apply(e.index, *c, &batch, &lines);
+      std::string result;
+      Status verdict = state.Apply(e.index, *c, &batch, &lines, &result);
       if (c->node == options.node_name && c->request_id != 0) {
-        verdicts.emplace_back(c->request_id, verdict);
+        answers.push_back(Answer{c->request_id, verdict, std::move(result)});
       }
     }
+    state.StageInto(&batch);
     uint64_t applied = entries->back().index;
     uint64_t first;
     {
@@ -132,7 +141,7 @@ struct Replica::Impl {
     }
     events.Publish(lines, env->clock->NowUnixMs());
     if (answer) {
-      for (const auto& [id, verdict] : verdicts) Finish(id, verdict);
+      for (Answer& a : answers) Finish(a.request_id, a.verdict, std::move(a.result));
     }
     return Status::Ok();
   }
@@ -324,7 +333,7 @@ Replica::~Replica() {
   }
 }
 
-Status Replica::Propose(Command command) {
+Status Replica::Propose(Command command, std::string* result) {
   Impl& m = *impl_;
   auto waiter = std::make_shared<Waiter>();
   command.time_ms = m.env->clock->NowUnixMs();
@@ -350,6 +359,7 @@ Status Replica::Propose(Command command) {
     return Status::Unavailable("the command was not applied within " +
                                std::to_string(m.options.propose_timeout_ms) + " ms");
   }
+  if (result != nullptr) *result = std::move(waiter->result);
   return waiter->verdict;
 }
 

@@ -55,7 +55,9 @@ class Replica {
   // Fills in time_ms, node and request_id, and waits until the command is applied. Returns the
   // command's verdict (e.g. InvalidArgument with the reason), Unavailable when the queue is full or
   // the wait times out, NoSpace/IoError when the log could not be written.
-  Status Propose(Command command);
+  // `result`, when given, receives what the command produced for its proposer (file-system
+  // commands: an encoded FsResult).
+  Status Propose(Command command, std::string* result = nullptr);
 
   const StateMachine& state() const;
   EventHub* events();

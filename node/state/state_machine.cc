@@ -55,6 +55,7 @@ Status StateMachine::Load(KvStore* kv) {
                                 "; this daemon reads version " +
                                 std::to_string(kStateFormatVersion));
   }
+  fs_ = std::make_unique<KvOverlay>(kv);
   std::unique_lock<std::shared_mutex> l(mu_);
   instances_.clear();
   nodes_.clear();
@@ -130,8 +131,16 @@ void StateMachine::Audit(const Command& c, const Status& verdict, KvStore::Batch
 }
 
 Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* batch,
-                           std::vector<std::string>* events) {
-  Status verdict = ApplyCommand(c, batch, events);
+                           std::vector<std::string>* events, std::string* result) {
+  Status verdict;
+  if (c.type == CommandType::kFs) {
+    Result<FsOp> op = DecodeFsOp(c.value);
+    FsResult r;
+    verdict = op.ok() ? FsMeta::Apply(index, *op, fs_.get(), &r) : op.status();
+    if (verdict.ok() && result != nullptr) *result = EncodeFsResult(r);
+  } else {
+    verdict = ApplyCommand(c, batch, events);
+  }
   if (!c.op.empty()) Audit(c, verdict, batch);
   staged_.applied = index;
   batch->Put(keys::kApplied, BigEndian64(index));
@@ -143,6 +152,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
   const std::string t = std::to_string(c.time_ms) + " ";
   switch (c.type) {
     case CommandType::kNoop:
+    case CommandType::kFs:  // handled by Apply
       return Status::Ok();
     case CommandType::kAuditOnly:
       return Status(c.result.empty() ? Code::kInvalidArgument : CodeFromName(c.result),
@@ -272,7 +282,14 @@ void StateMachine::CommitStaged() {
   staged_ = Staged{};
 }
 
-void StateMachine::DropStaged() { staged_ = Staged{}; }
+void StateMachine::StageInto(KvStore::Batch* batch) {
+  if (fs_) fs_->Flush(batch);
+}
+
+void StateMachine::DropStaged() {
+  staged_ = Staged{};
+  if (fs_) fs_->Drop();
+}
 
 uint64_t StateMachine::applied_index() const {
   std::shared_lock<std::shared_mutex> l(mu_);

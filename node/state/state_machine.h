@@ -12,11 +12,13 @@
 #define CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
+#include "node/dfs/meta.h"
 #include "node/env/env.h"
 #include "node/state/command.h"
 #include "node/state/records.h"
@@ -51,10 +53,14 @@ class StateMachine {
   // marks an empty store with this version.
   Status Load(KvStore* kv);
 
-  // Applies entry `index`; adds its writes to `batch` and event lines to `events`. The returned
-  // Status is the command's verdict (what the proposer sees), not a failure of the machine.
+  // Applies entry `index`; adds its writes to `batch` and event lines to `events`, and puts what
+  // the proposer needs back (for file-system commands, an encoded FsResult) in `result`. The
+  // returned Status is the command's verdict (what the proposer sees), not a failure of the
+  // machine.
   Status Apply(uint64_t index, const Command& command, KvStore::Batch* batch,
-               std::vector<std::string>* events);
+               std::vector<std::string>* events, std::string* result);
+  // Moves what Apply staged for the file system into `batch` (call once, before writing it).
+  void StageInto(KvStore::Batch* batch);
   void CommitStaged();
   void DropStaged();
 
@@ -90,7 +96,8 @@ class StateMachine {
   std::string cluster_id_;
   uint64_t applied_ = 0;
   uint64_t audit_seq_ = 0;
-  Staged staged_;  // agent thread only
+  Staged staged_;                  // agent thread only
+  std::unique_ptr<KvOverlay> fs_;  // file-system writes staged by Apply (agent thread only)
 };
 
 // The audit line for a command: "<unix_ms> <uid> <pid> <node> <path> <op> <result> <value>".

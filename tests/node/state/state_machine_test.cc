@@ -16,7 +16,7 @@ struct Harness {
 
   Status Apply(Command c) {
     KvStore::Batch b;
-    Status verdict = sm.Apply(++index, c, &b, &events);
+    Status verdict = sm.Apply(++index, c, &b, &events, nullptr);
     REQUIRE(kv.Write(b, false).ok());
     sm.CommitStaged();
     return verdict;
@@ -89,7 +89,7 @@ TEST_CASE("audit keeps only the newest lines") {
   std::vector<std::string> events;
   for (int i = 0; i < 5; ++i) {
     KvStore::Batch b;
-    (void)sm.Apply(i + 1, Cmd(CommandType::kNoop, std::to_string(i)), &b, &events);
+    (void)sm.Apply(i + 1, Cmd(CommandType::kNoop, std::to_string(i)), &b, &events, nullptr);
     REQUIRE(kv.Write(b, false).ok());
     sm.CommitStaged();
   }
@@ -102,9 +102,9 @@ TEST_CASE("audit keeps only the newest lines") {
 TEST_CASE("staged changes are invisible until committed and vanish when dropped") {
   Harness h;
   KvStore::Batch b;
-  (void)h.sm.Apply(1, Cmd(CommandType::kInstanceCreate, "x"), &b, &h.events);
+  (void)h.sm.Apply(1, Cmd(CommandType::kInstanceCreate, "x"), &b, &h.events, nullptr);
   // A later command in the same batch sees the earlier one.
-  CHECK(h.sm.Apply(2, Cmd(CommandType::kInstanceSet, "x", "ram_mb", "64"), &b, &h.events).ok());
+  CHECK(h.sm.Apply(2, Cmd(CommandType::kInstanceSet, "x", "ram_mb", "64"), &b, &h.events, nullptr).ok());
   CHECK_FALSE(h.sm.GetInstance("x"));
   h.sm.DropStaged();
   CHECK_FALSE(h.sm.GetInstance("x"));
