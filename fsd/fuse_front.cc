@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "fsd/cluster_fs.h"
 #include "fsd/errno.h"
 #include "node/base/log.h"
 
@@ -22,6 +23,7 @@ namespace {
 
 struct Handle {
   uint64_t ino = 0;
+  bool cluster = false;  // a file of cluster/ (ClusterFs), not a control file
   bool events = false;
   bool accumulate = false;  // writes build one value (all but ctl files), see Write
   std::mutex mu;            // guards the fields below
@@ -33,6 +35,7 @@ struct Handle {
 };
 
 constexpr double kStableTimeoutS = 3600;
+constexpr double kClusterTimeoutS = 1;
 
 Handle* HandleOf(fuse_file_info* fi) { return reinterpret_cast<Handle*>(fi->fh); }
 
@@ -64,6 +67,7 @@ struct FuseFront::Impl {
   FuseFrontOptions options;
   ControlTree* tree;
   EventHub* hub;
+  ClusterFs* cluster;
   fuse_session* se = nullptr;
   bool mounted = false;
 
@@ -203,11 +207,187 @@ struct FuseFront::Impl {
     fuse_reply_entry(req, &e);
   }
 
+  // --- cluster/ ---------------------------------------------------------------------------------
+  // Requests for inodes of cluster/ go to ClusterFs; the kernel caches its entries and attributes
+  // for kClusterTimeoutS (every change on this node goes through the kernel, which updates them).
+
+  static bool IsCluster(fuse_req_t req, fuse_ino_t ino) {
+    return From(req)->cluster != nullptr && ClusterFs::Owns(ino);
+  }
+
+  static void ReplyClusterEntry(fuse_req_t req, const Result<struct stat>& st) {
+    if (!st.ok()) return ReplyStatus(req, st.status());
+    fuse_entry_param e;
+    std::memset(&e, 0, sizeof e);
+    e.ino = st->st_ino;
+    e.generation = 1;
+    e.attr = *st;
+    e.attr_timeout = kClusterTimeoutS;
+    e.entry_timeout = kClusterTimeoutS;
+    fuse_reply_entry(req, &e);
+  }
+
+  static void ReplyClusterAttr(fuse_req_t req, const Result<struct stat>& st) {
+    if (!st.ok()) return ReplyStatus(req, st.status());
+    fuse_reply_attr(req, &*st, kClusterTimeoutS);
+  }
+
+  static void ReplyXattr(fuse_req_t req, const Result<std::string>& v, size_t size) {
+    if (!v.ok()) return ReplyStatus(req, v.status());
+    if (size == 0) {
+      fuse_reply_xattr(req, v->size());
+    } else if (v->size() > size) {
+      fuse_reply_err(req, ERANGE);
+    } else {
+      fuse_reply_buf(req, v->data(), v->size());
+    }
+  }
+
+  static void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    Result<std::string> t = From(req)->cluster->ReadLink(ino);
+    if (!t.ok()) return ReplyStatus(req, t.status());
+    fuse_reply_readlink(req, t->c_str());
+  }
+
+  static void StatFs(fuse_req_t req, fuse_ino_t ino) {
+    if (!IsCluster(req, ino)) {
+      struct statvfs v;
+      std::memset(&v, 0, sizeof v);
+      v.f_namemax = 255;
+      v.f_bsize = 4096;
+      fuse_reply_statfs(req, &v);
+      return;
+    }
+    Result<struct statvfs> v = From(req)->cluster->StatFs();
+    if (!v.ok()) return ReplyStatus(req, v.status());
+    fuse_reply_statfs(req, &*v);
+  }
+
+  static void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                       size_t size, int flags) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENOTSUP);
+      return;
+    }
+    ReplyStatus(req, From(req)->cluster->SetXattr(ino, name, std::string_view(value, size), flags,
+                                                  CallerOf(req)));
+  }
+
+  static void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENODATA);
+      return;
+    }
+    ReplyXattr(req, From(req)->cluster->GetXattr(ino, name), size);
+  }
+
+  static void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    if (!IsCluster(req, ino)) {
+      if (size == 0) {
+        fuse_reply_xattr(req, 0);
+      } else {
+        fuse_reply_buf(req, nullptr, 0);
+      }
+      return;
+    }
+    Result<std::vector<std::string>> names = From(req)->cluster->ListXattr(ino);
+    if (!names.ok()) return ReplyStatus(req, names.status());
+    std::string buf;
+    for (const std::string& n : *names) {
+      buf += n;
+      buf.push_back('\0');
+    }
+    ReplyXattr(req, buf, size);
+  }
+
+  static void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENOTSUP);
+      return;
+    }
+    ReplyStatus(req, From(req)->cluster->RemoveXattr(ino, name, CallerOf(req)));
+  }
+
+  static void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                        fuse_file_info*) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, EOPNOTSUPP);
+      return;
+    }
+    ReplyStatus(req, From(req)->cluster->Fallocate(ino, mode, static_cast<uint64_t>(off),
+                                                   static_cast<uint64_t>(len), CallerOf(req)));
+  }
+
+  static void FsyncDir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+    fuse_reply_err(req, 0);  // metadata is durable when each operation returns
+  }
+
+  static void ClusterReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
+    std::string buf(size, '\0');
+    size_t used = 0;
+    Status s = From(req)->cluster->ReadDir(
+        ino, static_cast<uint64_t>(off),
+        [&](const std::string& name, const struct stat& st, uint64_t next) {
+          size_t need = fuse_add_direntry(req, &buf[used], size - used, name.c_str(), &st,
+                                          static_cast<off_t>(next));
+          if (need > size - used) return false;
+          used += need;
+          return true;
+        });
+    if (!s.ok()) return ReplyStatus(req, s);
+    fuse_reply_buf(req, buf.data(), used);
+  }
+
+  static void ClusterOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, bool created,
+                          const struct stat* st) {
+    Impl* self = From(req);
+    Status s = self->cluster->Open(ino);
+    if (!s.ok()) return ReplyStatus(req, s);
+    auto* h = new Handle;
+    h->ino = ino;
+    h->cluster = true;
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      self->handles.insert(h);
+    }
+    fi->fh = reinterpret_cast<uint64_t>(h);
+    fi->keep_cache = 1;  // one node: every change to the data goes through this kernel
+    int rc;
+    if (created) {
+      fuse_entry_param e;
+      std::memset(&e, 0, sizeof e);
+      e.ino = ino;
+      e.generation = 1;
+      e.attr = *st;
+      e.attr_timeout = kClusterTimeoutS;
+      e.entry_timeout = kClusterTimeoutS;
+      rc = fuse_reply_create(req, &e, fi);
+    } else {
+      rc = fuse_reply_open(req, fi);
+    }
+    if (rc != 0) {
+      (void)self->cluster->Release(ino, Caller{});
+      std::lock_guard<std::mutex> l(self->mu);
+      self->handles.erase(h);
+      delete h;
+    }
+  }
+
   static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (parent == kRootIno && std::strcmp(name, "cluster") == 0 && From(req)->cluster) {
+      return ReplyClusterEntry(req, From(req)->cluster->GetAttr(kFsRootIno));
+    }
+    if (IsCluster(req, parent))
+      return ReplyClusterEntry(req, From(req)->cluster->Lookup(parent, name));
     ReplyEntry(req, From(req)->tree->Lookup(parent, name));
   }
 
   static void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+    if (IsCluster(req, ino)) return fuse_reply_none(req);
     From(req)->tree->Forget(ino, nlookup);
     fuse_reply_none(req);
   }
@@ -218,13 +398,18 @@ struct FuseFront::Impl {
   }
 
   static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    if (IsCluster(req, ino)) return ReplyClusterAttr(req, From(req)->cluster->GetAttr(ino));
     Result<Attr> a = From(req)->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
     struct stat st = ToStat(*a);
     fuse_reply_attr(req, &st, a->stable ? kStableTimeoutS : 0);
   }
 
-  static void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat*, int to_set, fuse_file_info*) {
+  static void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                      fuse_file_info*) {
+    if (IsCluster(req, ino)) {
+      return ReplyClusterAttr(req, From(req)->cluster->SetAttr(ino, to_set, *attr, CallerOf(req)));
+    }
     Result<Attr> a = From(req)->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
     if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
@@ -244,6 +429,7 @@ struct FuseFront::Impl {
   }
 
   static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    if (IsCluster(req, ino)) return ClusterReadDir(req, ino, size, off);
     Result<std::vector<DirEntry>> entries = From(req)->tree->ReadDir(ino);
     if (!entries.ok()) return ReplyStatus(req, entries.status());
     std::vector<DirEntry> all;
@@ -266,6 +452,7 @@ struct FuseFront::Impl {
   }
 
   static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (IsCluster(req, ino)) return ClusterOpen(req, ino, fi, false, nullptr);
     Impl* self = From(req);
     Result<Attr> a = self->tree->GetAttr(ino);
     if (!a.ok()) return ReplyStatus(req, a.status());
@@ -301,6 +488,10 @@ struct FuseFront::Impl {
   static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
+    if (h->cluster) {
+      Status s = self->cluster->Release(h->ino, CallerOf(req));
+      if (!s.ok()) CN_LOG(Warning) << "release of inode " << h->ino << ": " << s.ToString();
+    }
     {
       std::lock_guard<std::mutex> l(self->mu);
       self->event_handles.erase(h);
@@ -314,6 +505,12 @@ struct FuseFront::Impl {
   static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
+    if (h->cluster) {
+      Result<std::string> data = self->cluster->Read(ino, static_cast<uint64_t>(off), size);
+      if (!data.ok()) return ReplyStatus(req, data.status());
+      fuse_reply_buf(req, data->data(), data->size());
+      return;
+    }
     if (h->events) return self->ReadEvents(req, h, size, fi->flags);
     std::string slice;
     {
@@ -342,7 +539,10 @@ struct FuseFront::Impl {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
     Status s;
-    if (!h->accumulate) {
+    if (h->cluster) {
+      s = self->cluster->Write(ino, static_cast<uint64_t>(off), std::string_view(buf, size),
+                               CallerOf(req));
+    } else if (!h->accumulate) {
       s = self->tree->Write(ino, std::string_view(buf, size), CallerOf(req));
     } else {
       std::lock_guard<std::mutex> hl(h->mu);  // one write at a time per open file, in order
@@ -387,15 +587,30 @@ struct FuseFront::Impl {
     fuse_reply_poll(req, revents);
   }
 
-  static void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
+  static void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    if (IsCluster(req, parent)) {
+      return ReplyClusterEntry(req, From(req)->cluster->Make(FsOpType::kMkdir, parent, name, mode,
+                                                             0, "", CallerOf(req)));
+    }
     ReplyEntry(req, From(req)->tree->Mkdir(parent, name, CallerOf(req)));
   }
 
   static void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (IsCluster(req, parent)) {
+      return ReplyStatus(req,
+                         From(req)->cluster->Remove(FsOpType::kRmdir, parent, name, CallerOf(req)));
+    }
     ReplyStatus(req, From(req)->tree->Rmdir(parent, name, CallerOf(req)));
   }
 
-  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info*) {
+  static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                     fuse_file_info* fi) {
+    if (IsCluster(req, parent)) {
+      Result<struct stat> st = From(req)->cluster->Make(
+          FsOpType::kMknod, parent, name, S_IFREG | (mode & 07777), 0, "", CallerOf(req));
+      if (!st.ok()) return ReplyStatus(req, st.status());
+      return ClusterOpen(req, st->st_ino, fi, true, &*st);
+    }
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "create",
                          Status::NotFound(std::string("no file named ") + name +
@@ -403,7 +618,11 @@ struct FuseFront::Impl {
                          CallerOf(req)));
   }
 
-  static void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, dev_t) {
+  static void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    if (IsCluster(req, parent)) {
+      return ReplyClusterEntry(req, From(req)->cluster->Make(FsOpType::kMknod, parent, name, mode,
+                                                             rdev, "", CallerOf(req)));
+    }
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "mknod",
                          Status::NotPermitted("files cannot be created in the control tree"),
@@ -411,6 +630,10 @@ struct FuseFront::Impl {
   }
 
   static void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (IsCluster(req, parent)) {
+      return ReplyStatus(
+          req, From(req)->cluster->Remove(FsOpType::kUnlink, parent, name, CallerOf(req)));
+    }
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "unlink",
                          Status::NotPermitted("control files cannot be removed; rmdir the "
@@ -418,31 +641,61 @@ struct FuseFront::Impl {
                          CallerOf(req)));
   }
 
-  static void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t, const char*,
-                     unsigned) {
+  static void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                     const char* new_name, unsigned flags) {
+    if (IsCluster(req, parent) != IsCluster(req, new_parent)) {
+      fuse_reply_err(req, EXDEV);
+      return;
+    }
+    if (IsCluster(req, parent)) {
+      return ReplyStatus(req, From(req)->cluster->Rename(parent, name, new_parent, new_name, flags,
+                                                         CallerOf(req)));
+    }
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "rename",
                          Status::NotPermitted("objects of the control tree cannot be renamed"),
                          CallerOf(req)));
   }
 
-  static void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char* name) {
+  static void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+    if (target != nullptr && IsCluster(req, parent)) {
+      return ReplyClusterEntry(req, From(req)->cluster->Make(FsOpType::kSymlink, parent, name, 0, 0,
+                                                             target, CallerOf(req)));
+    }
     ReplyStatus(
         req, From(req)->tree->Refuse(
                  parent, name, "symlink",
                  Status::NotPermitted("links cannot be made in the control tree"), CallerOf(req)));
   }
 
-  static void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t parent, const char* name) {
+  static void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+    if (IsCluster(req, ino) != IsCluster(req, parent)) {
+      fuse_reply_err(req, EXDEV);
+      return;
+    }
+    if (IsCluster(req, parent)) {
+      return ReplyClusterEntry(req, From(req)->cluster->Link(ino, parent, name, CallerOf(req)));
+    }
     Symlink(req, nullptr, parent, name);
   }
 
-  static void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+  static void Fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+    if (IsCluster(req, ino)) return ReplyStatus(req, From(req)->cluster->Flush(ino, CallerOf(req)));
     // Every acknowledged write is already durable.
     fuse_reply_err(req, 0);
   }
 
-  static void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+  // close(2): data of cluster/ files is committed before close returns.
+  static void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    if (IsCluster(req, ino)) return ReplyStatus(req, From(req)->cluster->Flush(ino, CallerOf(req)));
+    fuse_reply_err(req, 0);
+  }
+
+  static void Init(void* userdata, fuse_conn_info* conn) {
+    (void)userdata;
+    conn->max_write = 1u << 20;  // large writes: fewer round trips for sequential I/O
+    conn->max_readahead = 1u << 20;
+  }
 };
 
 FuseFront::FuseFront(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -452,6 +705,7 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
   impl->options = options;
   impl->tree = options.tree;
   impl->hub = options.events;
+  impl->cluster = options.cluster;
   static const fuse_lowlevel_ops ops = [] {
     fuse_lowlevel_ops o;
     std::memset(&o, 0, sizeof o);
@@ -476,6 +730,15 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
     o.link = &Impl::Link;
     o.fsync = &Impl::Fsync;
     o.flush = &Impl::Flush;
+    o.init = &Impl::Init;
+    o.readlink = &Impl::ReadLink;
+    o.statfs = &Impl::StatFs;
+    o.setxattr = &Impl::SetXattr;
+    o.getxattr = &Impl::GetXattr;
+    o.listxattr = &Impl::ListXattr;
+    o.removexattr = &Impl::RemoveXattr;
+    o.fallocate = &Impl::Fallocate;
+    o.fsyncdir = &Impl::FsyncDir;
     return o;
   }();
   const char* argv[] = {

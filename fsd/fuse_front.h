@@ -19,8 +19,11 @@ struct fuse_session;
 
 namespace constellation {
 
+class ClusterFs;
+
 struct FuseFrontOptions {
   ControlTree* tree = nullptr;
+  ClusterFs* cluster = nullptr;  // cluster/; nullptr leaves it an empty directory
   EventHub* events = nullptr;
   std::string mount;
   int max_idle_threads = 16;

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <string>
 
+#include "fsd/cluster_fs.h"
 #include "fsd/control_tree.h"
 #include "fsd/fuse_front.h"
 #include "node/base/log.h"
@@ -230,6 +231,24 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
       return 1;
     }
   }
+  ChunkStoreOptions co;
+  co.min_free_bytes = f.reserve_mb << 20;
+  Result<std::unique_ptr<ChunkStore>> chunks = ChunkStore::Open(f.data + "/chunks", co);
+  if (!chunks.ok()) {
+    ready("cannot open the chunk store in " + f.data + "/chunks: " + chunks.status().message());
+    return 1;
+  }
+  ClusterFsOptions cfo;
+  cfo.replica = replica->get();
+  cfo.kv = (*replica)->store();
+  cfo.chunks = chunks->get();
+  cfo.node_name = f.name;
+  ClusterFs cluster(cfo);
+  s = cluster.Start();
+  if (!s.ok()) {
+    ready("cannot start cluster/: " + s.message());
+    return 1;
+  }
   ControlTreeOptions to;
   to.replica = replica->get();
   to.node_name = f.name;
@@ -246,6 +265,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   FuseFrontOptions fo;
   fo.tree = &tree;
   fo.events = (*replica)->events();
+  fo.cluster = &cluster;
   fo.mount = f.mount;
   Result<std::unique_ptr<FuseFront>> front = FuseFront::Mount(fo);
   if (!front.ok()) {

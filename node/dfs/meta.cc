@@ -302,7 +302,7 @@ Status SetAttr(Tx* tx, const FsOp& op, FsResult* result) {
       return IsDir(i) ? Status(Code::kIsDirectory, "is a directory")
                       : Status::InvalidArgument("not a regular file");
     }
-    if (op.size > kMaxFileBytes) return Status::TooLarge("file size limit is 16 TiB");
+    if (op.size > kMaxFsFileBytes) return Status::TooLarge("file size limit is 16 TiB");
     i.size = op.size;
     i.content = op.value;  // the proposer computed the truncated extent list
     i.mtime_ns = tx->now();
@@ -509,6 +509,13 @@ Status FsMeta::Apply(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* re
 namespace {
 Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) {
   Tx tx(kv, op.time_ns);
+  // Unlink and rename name in `ino`/`node` an inode the proposing node holds open: if this op
+  // removes its last link, the open reference keeps it (and its data) until the node releases it.
+  if ((op.type == FsOpType::kUnlink || op.type == FsOpType::kRename) && op.ino != 0 &&
+      !op.node.empty()) {
+    CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(OpenKey(op.ino, op.node)));
+    if (!v) kv->Put(OpenKey(op.ino, op.node), BigEndian64(1));
+  }
   switch (op.type) {
     case FsOpType::kInit: {
       CN_ASSIGN_OR_RETURN(std::optional<std::string> root, kv->Lookup(InodeKey(kFsRootIno)));
@@ -594,7 +601,7 @@ Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) 
     case FsOpType::kSetContent: {
       CN_ASSIGN_OR_RETURN(Inode i, tx.Get(op.ino));
       if (!S_ISREG(i.mode)) return Status::InvalidArgument("not a regular file");
-      if (op.size > kMaxFileBytes) return Status::TooLarge("file size limit is 16 TiB");
+      if (op.size > kMaxFsFileBytes) return Status::TooLarge("file size limit is 16 TiB");
       i.content = op.value;
       i.size = op.size;
       i.mtime_ns = i.ctime_ns = op.time_ns;

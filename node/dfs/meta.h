@@ -39,7 +39,7 @@ inline constexpr size_t kMaxSymlinkBytes = 4095;
 inline constexpr size_t kMaxXattrNameBytes = 255;
 inline constexpr size_t kMaxXattrValueBytes = 64 * 1024;
 inline constexpr size_t kMaxXattrsPerInode = 128;
-inline constexpr uint64_t kMaxFileBytes = 1ull << 44;  // 16 TiB
+inline constexpr uint64_t kMaxFsFileBytes = 1ull << 44;  // 16 TiB
 
 struct Inode {
   uint64_t ino = 0;

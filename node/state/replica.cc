@@ -365,6 +365,7 @@ Status Replica::Propose(Command command, std::string* result) {
 
 const StateMachine& Replica::state() const { return impl_->state; }
 EventHub* Replica::events() { return &impl_->events; }
+KvStore* Replica::store() { return impl_->kv.get(); }
 
 ReplicaStatus Replica::GetStatus() const {
   ReplicaStatus s;

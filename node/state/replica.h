@@ -60,6 +60,8 @@ class Replica {
   Status Propose(Command command, std::string* result = nullptr);
 
   const StateMachine& state() const;
+  // The store, for reads of committed state (file-system metadata). Thread-safe.
+  KvStore* store();
   EventHub* events();
   ReplicaStatus GetStatus() const;
   Status ReadAudit(std::string* out) const;

@@ -1,0 +1,607 @@
+#define FUSE_USE_VERSION 312
+#include "fsd/cluster_fs.h"
+
+#include <fcntl.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <linux/falloc.h>
+#include <sys/xattr.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "node/base/log.h"
+#include "node/dfs/chunk.h"
+
+namespace constellation {
+namespace {
+
+constexpr uint64_t kWindow = kMaxChunkBytes;  // dirty buffers and chunks are cut at 4 MiB
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+timespec ToTimespec(int64_t ns) {
+  timespec ts;
+  ts.tv_sec = ns / 1000000000;
+  ts.tv_nsec = ns % 1000000000;
+  if (ts.tv_nsec < 0) {
+    ts.tv_nsec += 1000000000;
+    ts.tv_sec -= 1;
+  }
+  return ts;
+}
+
+int64_t FromTimespec(const timespec& ts) {
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// A new file's content is empty: no extents yet.
+Result<ExtentList> ExtentsOf(const Inode& i) {
+  if (i.content.empty()) return ExtentList{};
+  return DecodeExtents(i.content);
+}
+
+}  // namespace
+
+// The open or dirty state of one inode on this node.
+struct ClusterFs::File {
+  std::mutex mu;  // guards everything below
+  uint64_t opens = 0;
+  bool open_ref = false;                  // the log holds an open reference of this node for it
+  std::optional<Inode> base;              // the committed inode, as last seen by this node
+  std::map<uint64_t, std::string> dirty;  // window index → bytes from the window's start
+  size_t dirty_bytes = 0;
+  uint64_t size = 0;     // logical size, dirty data included (valid when !dirty.empty())
+  int64_t mtime_ns = 0;  // time of the last write (valid when !dirty.empty())
+  uint32_t writer_uid = 0;
+};
+
+ClusterFs::ClusterFs(ClusterFsOptions options) : options_(std::move(options)) {}
+
+Result<FsResult> ClusterFs::Propose(FsOp op, const Caller& c) {
+  if (op.time_ns == 0) op.time_ns = NowNs();
+  op.uid = c.uid;
+  op.gid = c.gid;
+  Command cmd;
+  cmd.type = CommandType::kFs;
+  cmd.uid = c.uid;
+  cmd.gid = c.gid;
+  cmd.pid = c.pid;
+  cmd.value = EncodeFsOp(op);
+  std::string result;
+  CN_RETURN_IF_ERROR(options_.replica->Propose(std::move(cmd), &result));
+  return DecodeFsResult(result);
+}
+
+Status ClusterFs::Start() {
+  Caller root;
+  FsOp init;
+  init.type = FsOpType::kInit;
+  CN_RETURN_IF_ERROR(Propose(init, root).status());
+  FsOp release;
+  release.type = FsOpType::kReleaseNode;
+  release.node = options_.node_name;
+  return Propose(release, root).status();
+}
+
+std::shared_ptr<ClusterFs::File> ClusterFs::GetFile(uint64_t ino, bool create) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = files_.find(ino);
+  if (it != files_.end()) return it->second;
+  if (!create) return nullptr;
+  auto f = std::make_shared<File>();
+  files_[ino] = f;
+  return f;
+}
+
+struct stat ClusterFs::ToStat(const Inode& i, const File* f) {
+  struct stat st;
+  std::memset(&st, 0, sizeof st);
+  st.st_ino = i.ino;
+  st.st_mode = i.mode;
+  st.st_nlink = i.nlink;
+  st.st_uid = i.uid;
+  st.st_gid = i.gid;
+  st.st_rdev = i.rdev;
+  st.st_size = static_cast<off_t>(i.size);
+  st.st_blksize = 4096;
+  st.st_atim = ToTimespec(i.atime_ns);
+  st.st_mtim = ToTimespec(i.mtime_ns);
+  st.st_ctim = ToTimespec(i.ctime_ns);
+  uint64_t allocated = 0;
+  if (S_ISREG(i.mode) && !i.content.empty()) {
+    Result<ExtentList> ext = DecodeExtents(i.content);
+    if (ext.ok()) {
+      for (const Extent& e : *ext) allocated += e.length;
+    }
+  } else if (S_ISDIR(i.mode) || S_ISLNK(i.mode)) {
+    allocated = 4096;
+  }
+  if (f != nullptr && !f->dirty.empty()) {
+    st.st_size = static_cast<off_t>(f->size);
+    st.st_mtim = st.st_ctim = ToTimespec(f->mtime_ns);
+    allocated += f->dirty_bytes;
+  }
+  st.st_blocks = static_cast<blkcnt_t>((allocated + 511) / 512);
+  return st;
+}
+
+Result<struct stat> ClusterFs::GetAttr(uint64_t ino) {
+  std::shared_ptr<File> f = GetFile(ino, false);
+  if (f) {
+    std::lock_guard<std::mutex> l(f->mu);
+    if (!f->dirty.empty() && f->base) return ToStat(*f->base, f.get());
+  }
+  CN_ASSIGN_OR_RETURN(Inode i, FsGetInode(options_.kv, ino));
+  return ToStat(i, nullptr);
+}
+
+Result<struct stat> ClusterFs::Lookup(uint64_t parent, std::string_view name) {
+  if (name.size() > kMaxFsNameBytes) return Status(Code::kNameTooLong, "name too long");
+  CN_ASSIGN_OR_RETURN(uint64_t ino, FsLookup(options_.kv, parent, name));
+  return GetAttr(ino);
+}
+
+Status ClusterFs::LoadBase(File* f, uint64_t ino) {
+  if (f->base) return Status::Ok();
+  CN_ASSIGN_OR_RETURN(Inode i, FsGetInode(options_.kv, ino));
+  f->base = std::move(i);
+  return Status::Ok();
+}
+
+Result<struct stat> ClusterFs::SetAttr(uint64_t ino, int to_set, const struct stat& st,
+                                       const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kSetAttr;
+  op.ino = ino;
+  uint32_t mask = 0;
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    mask |= kAttrMode;
+    op.mode = st.st_mode;
+  }
+  if (to_set & FUSE_SET_ATTR_UID) {
+    mask |= kAttrUid;
+    op.attr_uid = st.st_uid;
+  }
+  if (to_set & FUSE_SET_ATTR_GID) {
+    mask |= kAttrGid;
+    op.attr_gid = st.st_gid;
+  }
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+    mask |= kAttrAtimeNow;
+  } else if (to_set & FUSE_SET_ATTR_ATIME) {
+    mask |= kAttrAtime;
+    op.atime_ns = FromTimespec(st.st_atim);
+  }
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    mask |= kAttrMtimeNow;
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    mask |= kAttrMtime;
+    op.mtime_ns = FromTimespec(st.st_mtim);
+  }
+  std::shared_ptr<File> f;
+  std::unique_lock<std::mutex> l;
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    // Truncation: commit what is buffered, then cut the extent list in the same op as the size.
+    f = GetFile(ino, true);
+    l = std::unique_lock<std::mutex>(f->mu);
+    CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+    CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+    if (!S_ISREG(f->base->mode)) {
+      return S_ISDIR(f->base->mode) ? Status(Code::kIsDirectory, "is a directory")
+                                    : Status::InvalidArgument("not a regular file");
+    }
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size > kMaxFsFileBytes) return Status::TooLarge("file too large");
+    CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(*f->base));
+    CN_RETURN_IF_ERROR(TruncateExtents(&ext, size));
+    mask |= kAttrSize;
+    op.size = size;
+    op.value = EncodeExtents(ext);
+  }
+  op.flags = mask;
+  Result<FsResult> r = Propose(op, c);
+  if (!r.ok()) {
+    if (f) f->base.reset();
+    return r.status();
+  }
+  if (f && r->inode) f->base = *r->inode;
+  if (!f) {
+    f = GetFile(ino, false);
+    if (f) {
+      std::lock_guard<std::mutex> fl(f->mu);
+      f->base = *r->inode;
+      return ToStat(*r->inode, f.get());
+    }
+    return ToStat(*r->inode, nullptr);
+  }
+  return ToStat(*r->inode, f.get());
+}
+
+Result<struct stat> ClusterFs::Make(FsOpType type, uint64_t parent, std::string_view name,
+                                    mode_t mode, dev_t rdev, std::string_view target,
+                                    const Caller& c) {
+  FsOp op;
+  op.type = type;
+  op.parent = parent;
+  op.name = std::string(name);
+  op.mode = mode;
+  op.rdev = rdev;
+  op.value = std::string(target);
+  CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, c));
+  return ToStat(*r.inode, nullptr);
+}
+
+Result<struct stat> ClusterFs::Link(uint64_t ino, uint64_t parent, std::string_view name,
+                                    const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kLink;
+  op.ino = ino;
+  op.parent = parent;
+  op.name = std::string(name);
+  CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, c));
+  std::shared_ptr<File> f = GetFile(ino, false);
+  if (f) {
+    std::lock_guard<std::mutex> l(f->mu);
+    f->base = *r.inode;
+    return ToStat(*r.inode, f.get());
+  }
+  return ToStat(*r.inode, nullptr);
+}
+
+Status ClusterFs::Remove(FsOpType type, uint64_t parent, std::string_view name, const Caller& c) {
+  FsOp op;
+  op.type = type;
+  op.parent = parent;
+  op.name = std::string(name);
+  // A file this node holds open keeps its data after its last link goes (open-unlinked).
+  std::shared_ptr<File> f;
+  if (type == FsOpType::kUnlink) {
+    Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
+    if (ino.ok()) f = GetFile(*ino, false);
+  }
+  std::unique_lock<std::mutex> l;
+  if (f) {
+    l = std::unique_lock<std::mutex>(f->mu);
+    if (f->opens > 0) {
+      op.ino = *FsLookup(options_.kv, parent, name);
+      op.node = options_.node_name;
+    }
+  }
+  Result<FsResult> r = Propose(op, c);
+  if (!r.ok()) return r.status();
+  if (f) {
+    if (op.ino != 0) f->open_ref = true;
+    f->base.reset();  // nlink changed
+  }
+  return Status::Ok();
+}
+
+Status ClusterFs::Rename(uint64_t parent, std::string_view name, uint64_t new_parent,
+                         std::string_view new_name, unsigned flags, const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kRename;
+  op.parent = parent;
+  op.name = std::string(name);
+  op.new_parent = new_parent;
+  op.new_name = std::string(new_name);
+  op.flags = 0;
+  if (flags & RENAME_NOREPLACE) op.flags |= kRenameNoReplace;
+  if (flags & RENAME_EXCHANGE) op.flags |= kRenameExchange;
+  if (flags & ~static_cast<unsigned>(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+    return Status::InvalidArgument("unsupported rename flags");
+  }
+  std::shared_ptr<File> victim;
+  Result<uint64_t> dst = FsLookup(options_.kv, new_parent, new_name);
+  if (dst.ok()) victim = GetFile(*dst, false);
+  std::unique_lock<std::mutex> l;
+  if (victim) {
+    l = std::unique_lock<std::mutex>(victim->mu);
+    if (victim->opens > 0 && !(flags & RENAME_EXCHANGE)) {
+      op.ino = *dst;
+      op.node = options_.node_name;
+    }
+  }
+  Result<FsResult> r = Propose(op, c);
+  if (!r.ok()) return r.status();
+  if (victim) {
+    if (op.ino != 0) victim->open_ref = true;
+    victim->base.reset();
+  }
+  if (r->inode) {
+    std::shared_ptr<File> moved = GetFile(r->inode->ino, false);
+    if (moved && moved != victim) {
+      std::lock_guard<std::mutex> ml(moved->mu);
+      moved->base.reset();
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::string> ClusterFs::ReadLink(uint64_t ino) {
+  CN_ASSIGN_OR_RETURN(Inode i, FsGetInode(options_.kv, ino));
+  if (!S_ISLNK(i.mode)) return Status::InvalidArgument("not a symlink");
+  return i.symlink;
+}
+
+Status ClusterFs::Open(uint64_t ino) {
+  std::shared_ptr<File> f = GetFile(ino, true);
+  std::lock_guard<std::mutex> l(f->mu);
+  CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+  f->opens++;
+  return Status::Ok();
+}
+
+Status ClusterFs::Release(uint64_t ino, const Caller& c) {
+  std::shared_ptr<File> f = GetFile(ino, false);
+  if (!f) return Status::Ok();
+  Status s;
+  bool drop = false;
+  {
+    std::lock_guard<std::mutex> l(f->mu);
+    s = FlushLocked(f.get(), ino, c);
+    if (f->opens > 0) f->opens--;
+    if (f->opens == 0) {
+      if (f->open_ref) {
+        FsOp op;
+        op.type = FsOpType::kRelease;
+        op.ino = ino;
+        op.node = options_.node_name;
+        Status rs = Propose(op, Caller{}).status();
+        if (!rs.ok()) CN_LOG(Warning) << "release of inode " << ino << ": " << rs.ToString();
+        f->open_ref = false;
+      }
+      drop = f->dirty.empty();
+    }
+  }
+  if (drop) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = files_.find(ino);
+    if (it != files_.end() && it->second == f) {
+      std::lock_guard<std::mutex> fl(f->mu);
+      if (f->opens == 0 && f->dirty.empty()) files_.erase(it);
+    }
+  }
+  return s;
+}
+
+Result<std::string> ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size) {
+  std::string out;
+  if (offset >= i.size) return out;
+  size = static_cast<size_t>(std::min<uint64_t>(size, i.size - offset));
+  out.assign(size, '\0');
+  if (i.content.empty()) return out;
+  CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(i));
+  CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
+  for (const ReadPiece& p : pieces) {
+    if (p.hole) continue;
+    CN_ASSIGN_OR_RETURN(size_t n, options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length,
+                                                        out.data() + (p.file_offset - offset)));
+    if (n != p.length) return Status::Corruption("short chunk read");
+  }
+  return out;
+}
+
+Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) {
+  std::shared_ptr<File> f = GetFile(ino, true);
+  std::lock_guard<std::mutex> l(f->mu);
+  CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+  const Inode& base = *f->base;
+  if (f->dirty.empty()) return ReadCommitted(base, offset, size);
+  if (offset >= f->size) return std::string();
+  size = static_cast<size_t>(std::min<uint64_t>(size, f->size - offset));
+  std::string out(size, '\0');
+  uint64_t pos = offset;
+  while (pos < offset + size) {
+    uint64_t window = pos / kWindow;
+    uint64_t window_end = std::min<uint64_t>((window + 1) * kWindow, offset + size);
+    auto it = f->dirty.find(window);
+    if (it != f->dirty.end()) {
+      const std::string& buf = it->second;
+      uint64_t in = pos - window * kWindow;
+      if (in < buf.size()) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size() - in, window_end - pos));
+        std::memcpy(out.data() + (pos - offset), buf.data() + in, n);
+      }
+    } else {
+      CN_ASSIGN_OR_RETURN(std::string part, ReadCommitted(base, pos, window_end - pos));
+      std::memcpy(out.data() + (pos - offset), part.data(), part.size());
+    }
+    pos = window_end;
+  }
+  return out;
+}
+
+Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c) {
+  if (offset + data.size() > kMaxFsFileBytes) return Status::TooLarge("file too large");
+  std::shared_ptr<File> f = GetFile(ino, true);
+  std::lock_guard<std::mutex> l(f->mu);
+  CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+  if (!S_ISREG(f->base->mode)) return Status::InvalidArgument("not a regular file");
+  if (f->dirty_bytes + data.size() > options_.max_dirty_bytes_per_inode) {
+    CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+  }
+  if (f->dirty.empty()) f->size = f->base->size;
+  uint64_t pos = offset;
+  size_t done = 0;
+  while (done < data.size()) {
+    uint64_t window = pos / kWindow;
+    uint64_t in = pos - window * kWindow;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kWindow - in, data.size() - done));
+    auto it = f->dirty.find(window);
+    if (it == f->dirty.end()) {
+      // First write to this window since the last flush: start from its committed bytes.
+      uint64_t start = window * kWindow;
+      uint64_t have =
+          f->base->size > start ? std::min<uint64_t>(kWindow, f->base->size - start) : 0;
+      std::string buf;
+      if (have > 0) {
+        CN_ASSIGN_OR_RETURN(buf, ReadCommitted(*f->base, start, have));
+      }
+      it = f->dirty.emplace(window, std::move(buf)).first;
+      f->dirty_bytes += it->second.size();
+    }
+    std::string& buf = it->second;
+    if (buf.size() < in + n) {
+      f->dirty_bytes += in + n - buf.size();
+      buf.resize(in + n, '\0');
+    }
+    std::memcpy(buf.data() + in, data.data() + done, n);
+    done += n;
+    pos += n;
+  }
+  f->size = std::max<uint64_t>(f->size, offset + data.size());
+  f->mtime_ns = NowNs();
+  f->writer_uid = c.uid;
+  return Status::Ok();
+}
+
+Status ClusterFs::FlushLocked(File* f, uint64_t ino, const Caller& c) {
+  if (f->dirty.empty()) return Status::Ok();
+  CN_RETURN_IF_ERROR(LoadBase(f, ino));
+  CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(*f->base));
+  std::vector<ChunkId> ids;
+  for (auto& [window, buf] : f->dirty) {
+    uint64_t start = window * kWindow;
+    if (start >= f->size) continue;  // cut off by a later truncate
+    size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), f->size - start));
+    if (len == 0) continue;
+    std::string_view data(buf.data(), len);
+    CN_ASSIGN_OR_RETURN(ChunkId id, options_.chunks->Put(data));
+    Extent e;
+    e.file_offset = start;
+    e.length = len;
+    e.chunk = ChunkRef{id, static_cast<uint32_t>(len)};
+    CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+    ids.push_back(id);
+  }
+  CN_RETURN_IF_ERROR(options_.chunks->Sync(ids));
+  FsOp op;
+  op.type = FsOpType::kSetContent;
+  op.ino = ino;
+  op.size = f->size;
+  op.value = EncodeExtents(ext);
+  op.time_ns = f->mtime_ns;
+  Caller writer = c;
+  writer.uid = f->writer_uid;
+  CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, writer));
+  f->base = *r.inode;
+  f->dirty.clear();
+  f->dirty_bytes = 0;
+  return Status::Ok();
+}
+
+Status ClusterFs::Flush(uint64_t ino, const Caller& c) {
+  std::shared_ptr<File> f = GetFile(ino, false);
+  if (!f) return Status::Ok();
+  std::lock_guard<std::mutex> l(f->mu);
+  return FlushLocked(f.get(), ino, c);
+}
+
+Status ClusterFs::Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length,
+                            const Caller& c) {
+  std::shared_ptr<File> f = GetFile(ino, true);
+  std::lock_guard<std::mutex> l(f->mu);
+  CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+  CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+  if (!S_ISREG(f->base->mode)) return Status(Code::kNotSupported, "not a regular file");
+  if (offset + length > kMaxFsFileBytes) return Status::TooLarge("file too large");
+  FsOp op;
+  op.type = FsOpType::kSetContent;
+  op.ino = ino;
+  op.size = f->base->size;
+  if (mode == 0) {
+    if (offset + length <= f->base->size) return Status::Ok();
+    op.size = offset + length;
+    op.value = f->base->content;
+  } else if (mode == FALLOC_FL_KEEP_SIZE) {
+    return Status::Ok();
+  } else if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+    CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(*f->base));
+    CN_RETURN_IF_ERROR(PunchHole(&ext, offset, length));
+    op.value = EncodeExtents(ext);
+  } else {
+    return Status::NotSupported("fallocate mode " + std::to_string(mode) + " is not supported");
+  }
+  CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, c));
+  f->base = *r.inode;
+  return Status::Ok();
+}
+
+Status ClusterFs::ReadDir(
+    uint64_t ino, uint64_t offset,
+    const std::function<bool(const std::string&, const struct stat&, uint64_t)>& fn) {
+  CN_ASSIGN_OR_RETURN(Inode dir, FsGetInode(options_.kv, ino));
+  if (!S_ISDIR(dir.mode)) return Status(Code::kNotDirectory, "not a directory");
+  struct stat st;
+  std::memset(&st, 0, sizeof st);
+  st.st_mode = S_IFDIR;
+  if (offset < 1) {
+    st.st_ino = ino;
+    if (!fn(".", st, 1)) return Status::Ok();
+  }
+  if (offset < 2) {
+    st.st_ino = dir.parent_hint == 0 ? ino : dir.parent_hint;
+    if (!fn("..", st, 2)) return Status::Ok();
+  }
+  Status inner;
+  CN_RETURN_IF_ERROR(
+      FsReadDir(options_.kv, ino, std::max<uint64_t>(offset, 2), [&](const FsDirEntry& e) {
+        Result<Inode> i = FsGetInode(options_.kv, e.ino);
+        struct stat est;
+        std::memset(&est, 0, sizeof est);
+        est.st_ino = e.ino;
+        est.st_mode = i.ok() ? (i->mode & S_IFMT) : S_IFREG;
+        return fn(e.name, est, e.cookie);
+      }));
+  return inner;
+}
+
+Result<struct statvfs> ClusterFs::StatFs() {
+  struct statvfs v;
+  if (statvfs(options_.chunks->dir().c_str(), &v) != 0) {
+    return Status::FromErrno(errno, "statvfs " + options_.chunks->dir());
+  }
+  v.f_namemax = kMaxFsNameBytes;
+  return v;
+}
+
+Status ClusterFs::SetXattr(uint64_t ino, std::string_view name, std::string_view value, int flags,
+                           const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kSetXattr;
+  op.ino = ino;
+  op.name = std::string(name);
+  op.value = std::string(value);
+  op.flags = 0;
+  if (flags & XATTR_CREATE) op.flags |= kXattrCreate;
+  if (flags & XATTR_REPLACE) op.flags |= kXattrReplace;
+  return Propose(op, c).status();
+}
+
+Result<std::string> ClusterFs::GetXattr(uint64_t ino, std::string_view name) {
+  CN_ASSIGN_OR_RETURN(std::optional<std::string> v, FsGetXattr(options_.kv, ino, name));
+  if (!v) return Status(Code::kNoData, std::string(name) + " is not set");
+  return *v;
+}
+
+Result<std::vector<std::string>> ClusterFs::ListXattr(uint64_t ino) {
+  std::vector<std::string> names;
+  CN_RETURN_IF_ERROR(FsListXattr(options_.kv, ino, &names));
+  return names;
+}
+
+Status ClusterFs::RemoveXattr(uint64_t ino, std::string_view name, const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kRemoveXattr;
+  op.ino = ino;
+  op.name = std::string(name);
+  return Propose(op, c).status();
+}
+
+}  // namespace constellation

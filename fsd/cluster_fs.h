@@ -1,0 +1,102 @@
+// ClusterFs: the file system under cluster/ (DESIGN.md §4), served by the FUSE front.
+//
+// Metadata operations become FsOps proposed through the node's log (node/dfs/meta.h) and return
+// once applied. File data is cut at 4 MiB boundaries into chunks named by their hash
+// (node/dfs/chunk_store.h). Writes collect in memory per inode, one buffer per 4 MiB window,
+// and are committed by Flush: every dirty window becomes a chunk, the chunks are made durable in
+// one group, then one SetContent op records the new extent list and size. Flush runs on
+// close(2) (FUSE flush), fsync(2), truncation, and when an inode's buffers pass a bound, so
+// close and fsync return only when data and metadata are durable.
+//
+// Policies: atime is never updated by reads (as `noatime`); utimensat sets it. POSIX and BSD
+// locks are left to the kernel (this node's processes see each other's locks; cluster-wide locks
+// come with replication). fallocate supports mode 0 (extends the size; space is not reserved),
+// KEEP_SIZE (no-op) and PUNCH_HOLE.
+// Thread-safety: all methods are safe from any thread; each inode's data has its own lock.
+#ifndef CONSTELLATION_FSD_CLUSTER_FS_H_
+#define CONSTELLATION_FSD_CLUSTER_FS_H_
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "fsd/control_tree.h"
+#include "node/dfs/chunk_store.h"
+#include "node/dfs/meta.h"
+#include "node/state/replica.h"
+
+namespace constellation {
+
+struct ClusterFsOptions {
+  Replica* replica = nullptr;
+  KvStore* kv = nullptr;  // the replica's store, for reads of committed metadata
+  ChunkStore* chunks = nullptr;
+  std::string node_name;
+  size_t max_dirty_bytes_per_inode = 64u << 20;  // a write past this flushes first
+};
+
+class ClusterFs {
+ public:
+  explicit ClusterFs(ClusterFsOptions options);
+
+  // Creates the root if missing and drops open references this node held before a restart.
+  Status Start();
+  static bool Owns(uint64_t ino) { return ino >= kFsRootIno && (ino & kControlInoBit) == 0; }
+
+  Result<struct stat> Lookup(uint64_t parent, std::string_view name);
+  Result<struct stat> GetAttr(uint64_t ino);
+  // `to_set` holds FUSE_SET_ATTR_* bits; values come from `st`.
+  Result<struct stat> SetAttr(uint64_t ino, int to_set, const struct stat& st, const Caller& c);
+  // kMknod (mode carries the type), kMkdir, kSymlink (target).
+  Result<struct stat> Make(FsOpType type, uint64_t parent, std::string_view name, mode_t mode,
+                           dev_t rdev, std::string_view target, const Caller& c);
+  Result<struct stat> Link(uint64_t ino, uint64_t parent, std::string_view name, const Caller& c);
+  Status Remove(FsOpType type, uint64_t parent, std::string_view name, const Caller& c);
+  Status Rename(uint64_t parent, std::string_view name, uint64_t new_parent,
+                std::string_view new_name, unsigned flags, const Caller& c);
+  Result<std::string> ReadLink(uint64_t ino);
+
+  // Counts an open file (pairs with Release).
+  Status Open(uint64_t ino);
+  // Flushes, and drops the count; the last release of an unlinked file lets it go.
+  Status Release(uint64_t ino, const Caller& c);
+  Result<std::string> Read(uint64_t ino, uint64_t offset, size_t size);
+  Status Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c);
+  Status Flush(uint64_t ino, const Caller& c);
+  Status Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length, const Caller& c);
+
+  // Entries after directory offset `offset` (0 = start; "." and ".." first). fn gets each entry and
+  // the offset that resumes after it; it returns false when its buffer is full.
+  Status ReadDir(
+      uint64_t ino, uint64_t offset,
+      const std::function<bool(const std::string& name, const struct stat& st, uint64_t next)>& fn);
+  Result<struct statvfs> StatFs();
+
+  Status SetXattr(uint64_t ino, std::string_view name, std::string_view value, int flags,
+                  const Caller& c);
+  Result<std::string> GetXattr(uint64_t ino, std::string_view name);
+  Result<std::vector<std::string>> ListXattr(uint64_t ino);
+  Status RemoveXattr(uint64_t ino, std::string_view name, const Caller& c);
+
+ private:
+  struct File;
+  std::shared_ptr<File> GetFile(uint64_t ino, bool create);
+  Result<FsResult> Propose(FsOp op, const Caller& c);
+  Status FlushLocked(File* f, uint64_t ino, const Caller& c);
+  Status LoadBase(File* f, uint64_t ino);
+  Result<std::string> ReadCommitted(const Inode& inode, uint64_t offset, size_t size);
+  struct stat ToStat(const Inode& inode, const File* f);
+
+  const ClusterFsOptions options_;
+  std::mutex mu_;  // guards files_
+  std::unordered_map<uint64_t, std::shared_ptr<File>> files_;
+};
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_FSD_CLUSTER_FS_H_
