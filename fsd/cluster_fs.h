@@ -76,6 +76,9 @@ class ClusterFs {
       uint64_t ino, uint64_t offset,
       const std::function<bool(const std::string& name, const struct stat& st, uint64_t next)>& fn);
   Result<struct statvfs> StatFs();
+  // Deletes chunks no committed inode references (and older than the store's grace period, so
+  // chunks of writes in flight stay). Returns a one-line summary.
+  Result<std::string> CollectGarbage();
 
   Status SetXattr(uint64_t ino, std::string_view name, std::string_view value, int flags,
                   const Caller& c);

@@ -29,6 +29,7 @@ constexpr uint64_t kFirstDynamicIno = kControlInoBit | 1000;
 constexpr VerbSpec kClusterVerbs[] = {
     {"compact", 0, 0, "compact"},
     {"log-level", 1, 1, "log-level debug|info|warn|error"},
+    {"gc", 0, 0, "gc"},
 };
 
 constexpr VerbSpec kInstanceVerbs[] = {
@@ -540,6 +541,10 @@ Result<Command> ControlTree::WriteClusterCtl(const Node&, std::string_view value
     case 1:
       if (!options_.set_log_level) return Status::NotSupported("log-level: not available");
       CN_RETURN_IF_ERROR(options_.set_log_level(p.args[0]));
+      break;
+    case 2:
+      if (!options_.collect_garbage) return Status::NotSupported("gc: cluster/ is not served");
+      CN_RETURN_IF_ERROR(options_.collect_garbage());
       break;
   }
   Command c;

@@ -64,6 +64,8 @@ struct ControlTreeOptions {
   std::function<int64_t()> now_ms;
   // Local (not replicated) `constellation/ctl` verbs.
   std::function<Status(const std::string& level)> set_log_level;
+  // `gc`: collects unreferenced chunks of cluster/ now.
+  std::function<Status()> collect_garbage;
 };
 
 class ControlTree {

@@ -11,11 +11,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "fsd/cluster_fs.h"
 #include "fsd/control_tree.h"
@@ -40,6 +43,8 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
   --foreground      stay in the foreground (default: detach once the mount is ready)
   --log FILE        log file (default: DATA/constellationd.log; with --foreground, stderr)
   --log-level L     debug, info, warn or error (default: info)
+  --chunk-grace-s N unreferenced chunks younger than N seconds are kept by garbage collection
+                    (chunks of writes in flight; default 3600)
   --reserve-mb N    refuse new writes (ENOSPC) while the data dir's file system has less than N MiB
                     free, so committed entries can always be applied (default: 64)
   --help            this text
@@ -58,6 +63,7 @@ struct Flags {
   std::string log;
   std::string log_level = "info";
   uint64_t reserve_mb = 64;
+  int64_t chunk_grace_s = 3600;
   bool links = false;
   bool foreground = false;
 };
@@ -233,6 +239,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   }
   ChunkStoreOptions co;
   co.min_free_bytes = f.reserve_mb << 20;
+  co.grace_ms = f.chunk_grace_s * 1000;
   Result<std::unique_ptr<ChunkStore>> chunks = ChunkStore::Open(f.data + "/chunks", co);
   if (!chunks.ok()) {
     ready("cannot open the chunk store in " + f.data + "/chunks: " + chunks.status().message());
@@ -256,6 +263,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   to.data_dir = f.data;
   to.start_ms = NowMs();
   to.now_ms = NowMs;
+  to.collect_garbage = [&cluster]() { return cluster.CollectGarbage().status(); };
   to.set_log_level = [](const std::string& level) -> Status {
     CN_ASSIGN_OR_RETURN(LogLevel l, ParseLogLevel(level));
     SetLogLevel(l);
@@ -280,7 +288,26 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data << ", cluster "
                << (*replica)->GetStatus().cluster_id << ")";
   ready("");
+  // Garbage collection of chunks every 10 minutes (and on `echo gc > constellation/ctl`).
+  std::mutex gc_mu;
+  std::condition_variable gc_cv;
+  bool gc_stop = false;
+  std::thread gc([&] {
+    std::unique_lock<std::mutex> l(gc_mu);
+    while (!gc_cv.wait_for(l, std::chrono::minutes(10), [&] { return gc_stop; })) {
+      l.unlock();
+      Result<std::string> r = cluster.CollectGarbage();
+      if (!r.ok()) CN_LOG(Warning) << "garbage collection: " << r.status().ToString();
+      l.lock();
+    }
+  });
   s = (*front)->Run();
+  {
+    std::lock_guard<std::mutex> l(gc_mu);
+    gc_stop = true;
+  }
+  gc_cv.notify_all();
+  gc.join();
   fuse_remove_signal_handlers((*front)->session());
   CN_LOG(Info) << "shutting down";
   front->reset();    // unmounts
@@ -307,6 +334,7 @@ int Main(int argc, char** argv) {
                                     {"help", no_argument, nullptr, 'h'},
                                     {"version", no_argument, nullptr, 'V'},
                                     {"reserve-mb", required_argument, nullptr, 'r'},
+                                    {"chunk-grace-s", required_argument, nullptr, 'g'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -335,6 +363,16 @@ int Main(int argc, char** argv) {
       case 'v':
         f.log_level = optarg;
         break;
+      case 'g': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 30 * 86400) {
+          fprintf(stderr, "constellationd: --chunk-grace-s: \"%s\" is not 1..2592000\n", optarg);
+          return 2;
+        }
+        f.chunk_grace_s = v;
+        break;
+      }
       case 'r': {
         char* end = nullptr;
         unsigned long long v = strtoull(optarg, &end, 10);
