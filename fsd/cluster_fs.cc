@@ -572,6 +572,109 @@ Result<struct statvfs> ClusterFs::StatFs() {
   return v;
 }
 
+namespace {
+uint64_t LockEnd(const struct flock& l) {
+  return l.l_len == 0 ? UINT64_MAX : static_cast<uint64_t>(l.l_start + l.l_len - 1);
+}
+}  // namespace
+
+Result<struct flock> ClusterFs::GetLock(uint64_t ino, uint64_t owner, const struct flock& want) {
+  FsLock w{options_.node_name,
+           owner,
+           0,
+           static_cast<uint32_t>(want.l_type),
+           static_cast<uint64_t>(want.l_start),
+           LockEnd(want),
+           false};
+  CN_ASSIGN_OR_RETURN(std::optional<FsLock> held, FsFindConflict(options_.kv, ino, w));
+  struct flock out = want;
+  if (!held) {
+    out.l_type = F_UNLCK;
+    return out;
+  }
+  out.l_type = static_cast<short>(held->type);
+  out.l_start = static_cast<off_t>(held->start);
+  out.l_len = held->end == UINT64_MAX ? 0 : static_cast<off_t>(held->end - held->start + 1);
+  // A pid means something only on its own node.
+  out.l_pid = held->node == options_.node_name ? static_cast<pid_t>(held->pid) : 0;
+  return out;
+}
+
+Status ClusterFs::SetLock(uint64_t ino, uint64_t owner, const struct flock& lock, const Caller& c) {
+  if (lock.l_start < 0 || lock.l_len < 0) return Status::InvalidArgument("bad lock range");
+  FsOp op;
+  op.type = FsOpType::kLock;
+  op.ino = ino;
+  op.node = options_.node_name;
+  op.lock_owner = owner;
+  op.lock_pid = static_cast<uint32_t>(lock.l_pid != 0 ? lock.l_pid : c.pid);
+  op.lock_type = static_cast<uint32_t>(lock.l_type);
+  op.lock_start = static_cast<uint64_t>(lock.l_start);
+  op.lock_end = LockEnd(lock);
+  CN_LOG(Debug) << "fcntl lock ino=" << ino << " owner=" << owner << " type=" << lock.l_type;
+  CN_RETURN_IF_ERROR(Propose(op, c).status());
+  std::lock_guard<std::mutex> l(mu_);
+  if (lock.l_type != F_UNLCK) lockers_.insert({ino, owner, false});
+  ++lock_generation_;
+  lock_changed_.notify_all();
+  return Status::Ok();
+}
+
+Status ClusterFs::Flock(uint64_t ino, uint64_t owner, int how, const Caller& c) {
+  FsOp op;
+  op.type = FsOpType::kLock;
+  op.ino = ino;
+  op.node = options_.node_name;
+  op.lock_owner = owner;
+  op.lock_pid = static_cast<uint32_t>(c.pid);
+  op.lock_flock = true;
+  switch (how & ~LOCK_NB) {
+    case LOCK_SH:
+      op.lock_type = F_RDLCK;
+      break;
+    case LOCK_EX:
+      op.lock_type = F_WRLCK;
+      break;
+    case LOCK_UN:
+      op.lock_type = F_UNLCK;
+      break;
+    default:
+      return Status::InvalidArgument("bad flock operation");
+  }
+  op.lock_end = UINT64_MAX;
+  CN_RETURN_IF_ERROR(Propose(op, c).status());
+  std::lock_guard<std::mutex> l(mu_);
+  if (op.lock_type != F_UNLCK) lockers_.insert({ino, owner, true});
+  ++lock_generation_;
+  lock_changed_.notify_all();
+  return Status::Ok();
+}
+
+Status ClusterFs::UnlockOwner(uint64_t ino, uint64_t owner, bool flock) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (lockers_.erase({ino, owner, flock}) == 0) return Status::Ok();  // never locked here
+  }
+  FsOp op;
+  op.type = FsOpType::kUnlockOwner;
+  op.ino = ino;
+  op.node = options_.node_name;
+  op.lock_owner = owner;
+  op.lock_flock = flock;
+  Status s = Propose(op, Caller{}).status();
+  std::lock_guard<std::mutex> l(mu_);
+  ++lock_generation_;
+  lock_changed_.notify_all();
+  return s;
+}
+
+void ClusterFs::WaitLockChange(int64_t timeout_ms) {
+  std::unique_lock<std::mutex> l(mu_);
+  uint64_t seen = lock_generation_;
+  lock_changed_.wait_for(l, std::chrono::milliseconds(timeout_ms),
+                         [&] { return lock_generation_ != seen; });
+}
+
 Result<std::string> ClusterFs::CollectGarbage() {
   // Every chunk a committed inode references, from one consistent scan of the store.
   std::unordered_set<ChunkId, ChunkIdHash> referenced;

@@ -16,13 +16,17 @@
 #ifndef CONSTELLATION_FSD_CLUSTER_FS_H_
 #define CONSTELLATION_FSD_CLUSTER_FS_H_
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 
 #include "fsd/control_tree.h"
@@ -76,6 +80,16 @@ class ClusterFs {
       uint64_t ino, uint64_t offset,
       const std::function<bool(const std::string& name, const struct stat& st, uint64_t next)>& fn);
   Result<struct statvfs> StatFs();
+
+  // Locks, as state in the log. `owner` is the kernel's lock owner. SetLock with a conflict
+  // returns Unavailable (EAGAIN); WaitLockChange blocks until some lock changes or `timeout_ms`
+  // passes, for blocking requests (F_SETLKW, flock without LOCK_NB) that retry.
+  Result<struct flock> GetLock(uint64_t ino, uint64_t owner, const struct flock& want);
+  Status SetLock(uint64_t ino, uint64_t owner, const struct flock& lock, const Caller& c);
+  Status Flock(uint64_t ino, uint64_t owner, int op, const Caller& c);
+  // Drops the owner's POSIX locks (close) or its flock lock (last release of the open file).
+  Status UnlockOwner(uint64_t ino, uint64_t owner, bool flock);
+  void WaitLockChange(int64_t timeout_ms);
   // Deletes chunks no committed inode references (and older than the store's grace period, so
   // chunks of writes in flight stay). Returns a one-line summary.
   Result<std::string> CollectGarbage();
@@ -98,6 +112,10 @@ class ClusterFs {
   const ClusterFsOptions options_;
   std::mutex mu_;  // guards files_
   std::unordered_map<uint64_t, std::shared_ptr<File>> files_;
+  // (ino, owner, flock) that took a lock through this node: only those need an unlock on close.
+  std::set<std::tuple<uint64_t, uint64_t, bool>> lockers_;  // guarded by mu_
+  std::condition_variable lock_changed_;                    // with mu_
+  uint64_t lock_generation_ = 0;                            // guarded by mu_
 };
 
 }  // namespace constellation

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <condition_variable>
@@ -322,6 +323,54 @@ struct FuseFront::Impl {
                                                    static_cast<uint64_t>(len), CallerOf(req)));
   }
 
+  // Blocking lock requests retry whenever a lock changes, until granted or interrupted (Ctrl-C
+  // reaches the holder of a FUSE request as an interrupt; the worker thread is held meanwhile).
+  template <typename Try>
+  static void LockRetrying(fuse_req_t req, bool block, Try attempt) {
+    for (;;) {
+      Status s = attempt();
+      if (s.code() != Code::kUnavailable || !block) return ReplyStatus(req, s);
+      if (fuse_req_interrupted(req)) {
+        fuse_reply_err(req, EINTR);
+        return;
+      }
+      From(req)->cluster->WaitLockChange(100);
+    }
+  }
+
+  static void GetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENOLCK);
+      return;
+    }
+    Result<struct flock> l = From(req)->cluster->GetLock(ino, fi->lock_owner, *lock);
+    if (!l.ok()) return ReplyStatus(req, l.status());
+    fuse_reply_lock(req, &*l);
+  }
+
+  static void SetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+                    int sleep) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENOLCK);
+      return;
+    }
+    struct flock l = *lock;
+    uint64_t owner = fi->lock_owner;
+    Caller c = CallerOf(req);
+    LockRetrying(req, sleep != 0, [&] { return From(req)->cluster->SetLock(ino, owner, l, c); });
+  }
+
+  static void Flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+    if (!IsCluster(req, ino)) {
+      fuse_reply_err(req, ENOLCK);
+      return;
+    }
+    uint64_t owner = fi->lock_owner;
+    Caller c = CallerOf(req);
+    LockRetrying(req, (op & LOCK_NB) == 0,
+                 [&] { return From(req)->cluster->Flock(ino, owner, op, c); });
+  }
+
   static void FsyncDir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
     fuse_reply_err(req, 0);  // metadata is durable when each operation returns
   }
@@ -489,6 +538,10 @@ struct FuseFront::Impl {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
     if (h->cluster) {
+      if (fi->flock_release) {
+        Status u = self->cluster->UnlockOwner(h->ino, fi->lock_owner, true);
+        if (!u.ok()) CN_LOG(Warning) << "flock release of inode " << h->ino << ": " << u.ToString();
+      }
       Status s = self->cluster->Release(h->ino, CallerOf(req));
       if (!s.ok()) CN_LOG(Warning) << "release of inode " << h->ino << ": " << s.ToString();
     }
@@ -686,8 +739,13 @@ struct FuseFront::Impl {
   }
 
   // close(2): data of cluster/ files is committed before close returns.
-  static void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-    if (IsCluster(req, ino)) return ReplyStatus(req, From(req)->cluster->Flush(ino, CallerOf(req)));
+  static void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (IsCluster(req, ino)) {
+      Status s = From(req)->cluster->Flush(ino, CallerOf(req));
+      // close(2) drops the closing process's POSIX locks on the file.
+      Status u = From(req)->cluster->UnlockOwner(ino, fi->lock_owner, false);
+      return ReplyStatus(req, s.ok() ? u : s);
+    }
     fuse_reply_err(req, 0);
   }
 
@@ -695,6 +753,14 @@ struct FuseFront::Impl {
     (void)userdata;
     conn->max_write = 1u << 20;  // large writes: fewer round trips for sequential I/O
     conn->max_readahead = 1u << 20;
+    // One node: every change to cluster/ data passes through this kernel, so its page cache is
+    // never stale; without this the kernel drops cached pages whenever a file's mtime moves,
+    // which races with processes sharing a file through mmap (SQLite's WAL index).
+    if (conn->capable & FUSE_CAP_EXPLICIT_INVAL_DATA) conn->want |= FUSE_CAP_EXPLICIT_INVAL_DATA;
+    conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+    // Locks on cluster/ are state in the log (ClusterFs::SetLock), not the kernel's local ones.
+    if (conn->capable & FUSE_CAP_POSIX_LOCKS) conn->want |= FUSE_CAP_POSIX_LOCKS;
+    if (conn->capable & FUSE_CAP_FLOCK_LOCKS) conn->want |= FUSE_CAP_FLOCK_LOCKS;
   }
 };
 
@@ -739,6 +805,9 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
     o.removexattr = &Impl::RemoveXattr;
     o.fallocate = &Impl::Fallocate;
     o.fsyncdir = &Impl::FsyncDir;
+    o.getlk = &Impl::GetLk;
+    o.setlk = &Impl::SetLk;
+    o.flock = &Impl::Flock;
     return o;
   }();
   const char* argv[] = {

@@ -60,6 +60,8 @@ class Reader {
       if (shift == 63 && byte > 1) return Fail();
       result |= static_cast<uint64_t>(byte & 0x7f) << shift;
       if ((byte & 0x80) == 0) {
+        // Only the shortest encoding is valid, so every value has exactly one encoding.
+        if (byte == 0 && shift > 0) return Fail();
         *v = result;
         return true;
       }

@@ -1,6 +1,9 @@
 #include "node/dfs/meta.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+
+#include <algorithm>
 
 #include "node/base/coding.h"
 
@@ -25,6 +28,7 @@ std::string XattrKey(uint64_t ino, std::string_view name) {
 std::string OpenKey(uint64_t ino, std::string_view node) {
   return "f/o/" + BigEndian64(ino) + std::string(node);
 }
+std::string LockKey(uint64_t ino) { return "f/l/" + BigEndian64(ino); }
 constexpr char kNextIno[] = "f/n/next_ino";
 constexpr char kNextCookie[] = "f/n/next_cookie";
 
@@ -32,6 +36,87 @@ struct Dentry {
   uint64_t ino = 0;
   uint64_t cookie = 0;
 };
+
+std::string EncodeLocks(const std::vector<FsLock>& locks) {
+  Writer w;
+  w.Varint(locks.size());
+  for (const FsLock& l : locks) {
+    w.Bytes(l.node);
+    w.Fixed64(l.owner);
+    w.Fixed32(l.pid);
+    w.Fixed32(l.type);
+    w.Fixed64(l.start);
+    w.Fixed64(l.end);
+    w.U8(l.flock ? 1 : 0);
+  }
+  return w.Take();
+}
+
+Result<std::vector<FsLock>> DecodeLocks(std::string_view data) {
+  Reader r(data);
+  uint64_t n = 0;
+  if (!r.Varint(&n) || n > kMaxLocksPerInode) return Status::Corruption("locks: bad count");
+  std::vector<FsLock> locks(n);
+  for (FsLock& l : locks) {
+    uint8_t flock = 0;
+    if (!r.Bytes(&l.node, 255) || !r.Fixed64(&l.owner) || !r.Fixed32(&l.pid) ||
+        !r.Fixed32(&l.type) || !r.Fixed64(&l.start) || !r.Fixed64(&l.end) || !r.U8(&flock)) {
+      return Status::Corruption("locks: truncated");
+    }
+    l.flock = flock == 1;
+  }
+  if (!r.done()) return Status::Corruption("locks: trailing bytes");
+  return locks;
+}
+
+bool SameOwner(const FsLock& a, const FsLock& b) {
+  return a.node == b.node && a.owner == b.owner && a.flock == b.flock;
+}
+
+bool Conflicts(const FsLock& held, const FsLock& want) {
+  return held.flock == want.flock && !SameOwner(held, want) && held.start <= want.end &&
+         want.start <= held.end && (held.type == F_WRLCK || want.type == F_WRLCK);
+}
+
+// POSIX semantics: the owner's locks on [want.start, want.end] are replaced by `want` (or
+// removed for F_UNLCK), splitting ranges that stick out; adjacent ranges of one type merge.
+void SetOwnerRange(std::vector<FsLock>* locks, const FsLock& want) {
+  std::vector<FsLock> out;
+  for (const FsLock& l : *locks) {
+    if (!SameOwner(l, want) || l.end < want.start || l.start > want.end) {
+      out.push_back(l);
+      continue;
+    }
+    if (l.start < want.start) {
+      FsLock left = l;
+      left.end = want.start - 1;
+      out.push_back(left);
+    }
+    if (l.end > want.end) {
+      FsLock right = l;
+      right.start = want.end + 1;
+      out.push_back(right);
+    }
+  }
+  if (want.type != F_UNLCK) {
+    FsLock merged = want;
+    std::vector<FsLock> rest;
+    for (const FsLock& l : out) {
+      bool touches = SameOwner(l, merged) && l.type == merged.type &&
+                     (l.end == UINT64_MAX || l.end + 1 >= merged.start) &&
+                     (merged.end == UINT64_MAX || merged.end + 1 >= l.start);
+      if (touches) {
+        merged.start = std::min(merged.start, l.start);
+        merged.end = std::max(merged.end, l.end);
+      } else {
+        rest.push_back(l);
+      }
+    }
+    rest.push_back(merged);
+    out = std::move(rest);
+  }
+  *locks = std::move(out);
+}
 
 std::string EncodeDentry(const Dentry& d) {
   Writer w;
@@ -127,6 +212,7 @@ class Tx {
       return Status::Ok();
     }
     kv_->Delete(InodeKey(i.ino));
+    kv_->Delete(LockKey(i.ino));
     std::vector<std::string> xattrs;
     CN_RETURN_IF_ERROR(
         kv_->ScanPrefix("f/x/" + BigEndian64(i.ino), [&](std::string_view k, std::string_view) {
@@ -394,6 +480,12 @@ std::string EncodeFsOp(const FsOp& op) {
   w.Bytes(op.new_name);
   w.Bytes(op.value);
   w.Bytes(op.node);
+  w.Fixed64(op.lock_owner);
+  w.Fixed32(op.lock_pid);
+  w.Fixed32(op.lock_type);
+  w.Fixed64(op.lock_start);
+  w.Fixed64(op.lock_end);
+  w.U8(op.lock_flock ? 1 : 0);
   return w.Take();
 }
 
@@ -403,6 +495,7 @@ Result<FsOp> DecodeFsOp(std::string_view data) {
   uint16_t version = 0;
   uint8_t type = 0;
   uint64_t time = 0, atime = 0, mtime = 0;
+  uint8_t flock = 0;
   if (!r.Fixed16(&version)) return Status::Corruption("fs op: truncated");
   if (version == 0 || version > kFsOpVersion) {
     return Status::NotSupported("fs op: version " + std::to_string(version) + " is too new");
@@ -413,12 +506,15 @@ Result<FsOp> DecodeFsOp(std::string_view data) {
             r.Fixed64(&op.new_parent) && r.Fixed64(&op.size) && r.Fixed64(&op.rdev) &&
             r.Fixed64(&atime) && r.Fixed64(&mtime) && r.Bytes(&op.name, kMaxFsNameBytes + 1) &&
             r.Bytes(&op.new_name, kMaxFsNameBytes + 1) && r.Bytes(&op.value, 64u << 20) &&
-            r.Bytes(&op.node, 255) && r.done();
+            r.Bytes(&op.node, 255) && r.Fixed64(&op.lock_owner) && r.Fixed32(&op.lock_pid) &&
+            r.Fixed32(&op.lock_type) && r.Fixed64(&op.lock_start) && r.Fixed64(&op.lock_end) &&
+            r.U8(&flock) && flock <= 1 && r.done();
   if (!ok) return Status::Corruption("fs op: malformed");
-  if (type == 0 || type > static_cast<uint8_t>(FsOpType::kReleaseNode)) {
+  if (type == 0 || type > static_cast<uint8_t>(FsOpType::kUnlockOwner)) {
     return Status::NotSupported("fs op: unknown type " + std::to_string(type));
   }
   op.type = static_cast<FsOpType>(type);
+  op.lock_flock = flock == 1;
   op.time_ns = static_cast<int64_t>(time);
   op.atime_ns = static_cast<int64_t>(atime);
   op.mtime_ns = static_cast<int64_t>(mtime);
@@ -634,7 +730,83 @@ Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) 
       if (i.ok() && i->nlink == 0) return tx.MaybeFree(*i, result);
       return Status::Ok();
     }
+    case FsOpType::kLock: {
+      CN_ASSIGN_OR_RETURN(Inode i, tx.Get(op.ino));
+      (void)i;
+      if (op.lock_type != F_RDLCK && op.lock_type != F_WRLCK && op.lock_type != F_UNLCK) {
+        return Status::InvalidArgument("bad lock type");
+      }
+      if (op.lock_start > op.lock_end) return Status::InvalidArgument("bad lock range");
+      FsLock want{op.node,       op.lock_owner, op.lock_pid,  op.lock_type,
+                  op.lock_start, op.lock_end,   op.lock_flock};
+      if (want.flock) {
+        want.start = 0;
+        want.end = UINT64_MAX;
+      }
+      CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(LockKey(op.ino)));
+      std::vector<FsLock> locks;
+      if (v) {
+        CN_ASSIGN_OR_RETURN(locks, DecodeLocks(*v));
+      }
+      if (want.type != F_UNLCK) {
+        for (const FsLock& held : locks) {
+          if (Conflicts(held, want)) {
+            return Status::Unavailable("locked by pid " + std::to_string(held.pid) + " on node " +
+                                       held.node);
+          }
+        }
+      }
+      if (want.flock) {
+        // flock converts or drops the owner's one whole-file lock.
+        std::erase_if(locks, [&](const FsLock& l) { return SameOwner(l, want); });
+        if (want.type != F_UNLCK) locks.push_back(want);
+      } else {
+        SetOwnerRange(&locks, want);
+      }
+      if (locks.size() > kMaxLocksPerInode) {
+        return Status::Unavailable("too many locks on this file");
+      }
+      if (locks.empty()) {
+        kv->Delete(LockKey(op.ino));
+      } else {
+        kv->Put(LockKey(op.ino), EncodeLocks(locks));
+      }
+      return Status::Ok();
+    }
+    case FsOpType::kUnlockOwner: {
+      CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(LockKey(op.ino)));
+      if (!v) return Status::Ok();
+      CN_ASSIGN_OR_RETURN(std::vector<FsLock> locks, DecodeLocks(*v));
+      std::erase_if(locks, [&](const FsLock& l) {
+        return l.node == op.node && l.owner == op.lock_owner && l.flock == op.lock_flock;
+      });
+      if (locks.empty()) {
+        kv->Delete(LockKey(op.ino));
+      } else {
+        kv->Put(LockKey(op.ino), EncodeLocks(locks));
+      }
+      return Status::Ok();
+    }
     case FsOpType::kReleaseNode: {
+      // Locks held by the node's processes went with them.
+      std::vector<std::pair<std::string, std::string>> rewritten;
+      CN_RETURN_IF_ERROR(kv->ScanPrefix("f/l/", [&](std::string_view k, std::string_view v) {
+        Result<std::vector<FsLock>> locks = DecodeLocks(v);
+        if (!locks.ok()) return true;
+        size_t before = locks->size();
+        std::erase_if(*locks, [&](const FsLock& l) { return l.node == op.node; });
+        if (locks->size() != before) {
+          rewritten.emplace_back(std::string(k), locks->empty() ? "" : EncodeLocks(*locks));
+        }
+        return true;
+      }));
+      for (const auto& [k, v] : rewritten) {
+        if (v.empty()) {
+          kv->Delete(k);
+        } else {
+          kv->Put(k, v);
+        }
+      }
       std::vector<std::pair<std::string, uint64_t>> held;
       CN_RETURN_IF_ERROR(kv->ScanPrefix("f/o/", [&](std::string_view k, std::string_view) {
         if (k.size() > 12 && k.substr(12) == op.node)
@@ -735,6 +907,18 @@ Status FsListXattr(KvStore* kv, uint64_t ino, std::vector<std::string>* names) {
     names->emplace_back(k.substr(prefix.size()));
     return true;
   });
+}
+
+Result<std::optional<FsLock>> FsFindConflict(KvStore* kv, uint64_t ino, const FsLock& want) {
+  std::string v;
+  Status s = kv->Get(LockKey(ino), &v);
+  if (s.code() == Code::kNotFound) return std::optional<FsLock>();
+  CN_RETURN_IF_ERROR(s);
+  CN_ASSIGN_OR_RETURN(std::vector<FsLock> locks, DecodeLocks(v));
+  for (const FsLock& held : locks) {
+    if (Conflicts(held, want)) return std::optional<FsLock>(held);
+  }
+  return std::optional<FsLock>();
 }
 
 }  // namespace constellation

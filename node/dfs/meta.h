@@ -105,7 +105,9 @@ enum class FsOpType : uint8_t {
   kSetContent = 12,  // new extent list and size after data was written (fsync/close)
   kOpen = 13,        // a node holds the inode open (keeps an unlinked file alive)
   kRelease = 14,
-  kReleaseNode = 15,  // a node restarted or left: drop all its open references
+  kReleaseNode = 15,  // a node restarted or left: drop all its open references and locks
+  kLock = 16,         // take, change or drop a POSIX (fcntl) or BSD (flock) lock
+  kUnlockOwner = 17,  // drop every lock of (node, lock_owner) on an inode (close, last release)
 };
 
 // Which attributes kSetAttr changes.
@@ -147,10 +149,34 @@ struct FsOp {
   int64_t atime_ns = 0;
   int64_t mtime_ns = 0;
   std::string value;  // symlink target, xattr value, content
-  std::string node;   // kOpen/kRelease/kReleaseNode
+  std::string node;   // kOpen/kRelease/kReleaseNode, locks
+  // Locks: owner is the kernel's lock owner (per open-file table), pid the process for F_GETLK.
+  uint64_t lock_owner = 0;
+  uint32_t lock_pid = 0;
+  uint32_t lock_type = 0;  // F_RDLCK, F_WRLCK or F_UNLCK
+  uint64_t lock_start = 0;
+  uint64_t lock_end = 0;    // inclusive; UINT64_MAX = to the end of the file, however it grows
+  bool lock_flock = false;  // a whole-file flock(2) lock (a namespace apart from fcntl locks)
 
   bool operator==(const FsOp&) const = default;
 };
+
+// A lock held on an inode.
+struct FsLock {
+  std::string node;
+  uint64_t owner = 0;
+  uint32_t pid = 0;
+  uint32_t type = 0;  // F_RDLCK or F_WRLCK
+  uint64_t start = 0;
+  uint64_t end = 0;  // inclusive
+  bool flock = false;
+  bool operator==(const FsLock&) const = default;
+};
+inline constexpr size_t kMaxLocksPerInode = 1024;
+
+// The first lock held by someone else that conflicts with `want` (same namespace, overlapping,
+// one of them a write lock), if any.
+Result<std::optional<FsLock>> FsFindConflict(KvStore* kv, uint64_t ino, const FsLock& want);
 
 std::string EncodeFsOp(const FsOp& op);
 Result<FsOp> DecodeFsOp(std::string_view data);

@@ -1,5 +1,6 @@
 #include "node/dfs/meta.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include "catch2/catch.hpp"
@@ -361,6 +362,61 @@ TEST_CASE("fs: ops round-trip through the codec and the decoder refuses garbage"
   i.content = "c";
   CHECK(*DecodeInode(EncodeInode(i)) == i);
   CHECK_FALSE(DecodeInode("x").ok());
+}
+
+}  // namespace constellation
+
+namespace constellation {
+
+TEST_CASE("fs: POSIX and flock locks conflict, split, merge and go with their owner") {
+  Fs fs;
+  Inode f = *fs.Make(FsOpType::kMknod, kFsRootIno, "f");
+  auto lock = [&](const std::string& node, uint64_t owner, uint32_t type, uint64_t start,
+                  uint64_t end, bool flock = false) {
+    FsOp op = fs.Op(FsOpType::kLock);
+    op.ino = f.ino;
+    op.node = node;
+    op.lock_owner = owner;
+    op.lock_pid = static_cast<uint32_t>(owner);
+    op.lock_type = type;
+    op.lock_start = start;
+    op.lock_end = end;
+    op.lock_flock = flock;
+    return fs.Do(op);
+  };
+  auto conflict = [&](uint64_t owner, uint32_t type, uint64_t start, uint64_t end, bool flock) {
+    FsLock want{"n1", owner, 0, type, start, end, flock};
+    return *FsFindConflict(&fs.store, f.ino, want);
+  };
+  REQUIRE(lock("n1", 1, F_RDLCK, 0, 99).ok());
+  CHECK(lock("n1", 2, F_RDLCK, 50, 150).ok());                         // readers share
+  CHECK(lock("n1", 2, F_WRLCK, 50, 60).code() == Code::kUnavailable);  // EAGAIN
+  CHECK(lock("n2", 3, F_WRLCK, 100, 200).code() == Code::kUnavailable);
+  CHECK(lock("n2", 3, F_WRLCK, 151, 200).ok());
+  // The same owner never conflicts with itself: upgrade in place.
+  CHECK(lock("n1", 1, F_WRLCK, 0, 10).ok());
+  // Unlocking the middle of a range splits it: 50..60 becomes free for owner 1's range only.
+  CHECK(lock("n1", 2, F_UNLCK, 0, UINT64_MAX).ok());
+  CHECK(lock("n1", 1, F_UNLCK, 20, 30).ok());
+  CHECK(!conflict(9, F_WRLCK, 20, 30, false).has_value());
+  REQUIRE(conflict(9, F_WRLCK, 31, 31, false).has_value());
+  CHECK(conflict(9, F_WRLCK, 31, 31, false)->owner == 1);
+  // flock is a namespace of its own.
+  CHECK(lock("n1", 5, F_WRLCK, 0, 0, true).ok());
+  CHECK(lock("n1", 6, F_RDLCK, 0, 0, true).code() == Code::kUnavailable);
+  // Closing drops the owner's POSIX locks; a node restart drops all of its locks.
+  FsOp close = fs.Op(FsOpType::kUnlockOwner);
+  close.ino = f.ino;
+  close.node = "n1";
+  close.lock_owner = 1;
+  REQUIRE(fs.Do(close).ok());
+  CHECK(!conflict(9, F_WRLCK, 0, 99, false).has_value());
+  CHECK(conflict(9, F_WRLCK, 0, UINT64_MAX, false).has_value());  // n2's 151..200
+  FsOp gone = fs.Op(FsOpType::kReleaseNode);
+  gone.node = "n2";
+  REQUIRE(fs.Do(gone).ok());
+  CHECK(!conflict(9, F_WRLCK, 0, UINT64_MAX, false).has_value());
+  CHECK(conflict(9, F_RDLCK, 0, 0, true).has_value());  // n1's flock stays
 }
 
 }  // namespace constellation
