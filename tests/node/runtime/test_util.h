@@ -1,0 +1,45 @@
+// Helpers shared by the runtime's root integration tests.
+#ifndef CONSTELLATION_TESTS_NODE_RUNTIME_TEST_UTIL_H_
+#define CONSTELLATION_TESTS_NODE_RUNTIME_TEST_UTIL_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace constellation::runtime::testing {
+
+// True when this process may create cgroups and namespaces (root with the needed controllers).
+// Otherwise prints why once; root tests then pass without checking anything.
+bool CanRunRootTests();
+
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A cgroup path unique to this test process: "cn-test-<pid>/<suffix>".
+std::string TestCgroupPath(const std::string& suffix);
+// SIGKILLs every process in this process's test cgroups and reaps those that are its children.
+void KillTestCgroups();
+// Removes this process's test cgroups (best effort; run at the end of a test).
+void RemoveTestCgroups();
+
+// Lazily unmounts every mount point under `dir` (test scratch spaces left mounted).
+void UnmountUnder(const std::string& dir);
+
+std::string ReadFileOrEmpty(const std::string& path);
+// Children of this process (by /proc/*/stat ppid) that are zombies.
+std::vector<pid_t> ZombieChildren();
+bool PathExistsForTest(const std::string& path);
+// /proc/<pid>/stat state letter, or 0 when the process is gone.
+char ProcState(pid_t pid);
+
+}  // namespace constellation::runtime::testing
+
+#endif  // CONSTELLATION_TESTS_NODE_RUNTIME_TEST_UTIL_H_
