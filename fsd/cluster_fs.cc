@@ -41,6 +41,12 @@ int64_t FromTimespec(const timespec& ts) {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// Ops that create or change an inode return it (FsMeta's contract).
+const Inode& MustInode(const FsResult& r) {
+  CN_CHECK(r.inode.has_value()) << "an fs op returned no inode";
+  return r.inode.value();
+}
+
 // A new file's content is empty: no extents yet.
 Result<ExtentList> ExtentsOf(const Inode& i) {
   if (i.content.empty()) return ExtentList{};
@@ -136,7 +142,11 @@ Result<struct stat> ClusterFs::GetAttr(uint64_t ino) {
   std::shared_ptr<File> f = GetFile(ino, false);
   if (f) {
     std::lock_guard<std::mutex> l(f->mu);
-    if (!f->dirty.empty() && f->base) return ToStat(*f->base, f.get());
+    if (!f->dirty.empty()) {
+      // Buffered writes decide size and mtime; the rest comes from the committed inode.
+      CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
+      return ToStat(*f->base, f.get());
+    }
   }
   CN_ASSIGN_OR_RETURN(Inode i, FsGetInode(options_.kv, ino));
   return ToStat(i, nullptr);
@@ -185,13 +195,16 @@ Result<struct stat> ClusterFs::SetAttr(uint64_t ino, int to_set, const struct st
     mask |= kAttrMtime;
     op.mtime_ns = FromTimespec(st.st_mtim);
   }
-  std::shared_ptr<File> f;
+  // Buffered writes are committed first, so their size and mtime cannot overwrite what this
+  // setattr sets (utimensat after write, truncate after write).
+  std::shared_ptr<File> f = GetFile(ino, (to_set & FUSE_SET_ATTR_SIZE) != 0);
   std::unique_lock<std::mutex> l;
-  if (to_set & FUSE_SET_ATTR_SIZE) {
-    // Truncation: commit what is buffered, then cut the extent list in the same op as the size.
-    f = GetFile(ino, true);
+  if (f) {
     l = std::unique_lock<std::mutex>(f->mu);
     CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    // Truncation: cut the extent list in the same op as the size.
     CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
     if (!S_ISREG(f->base->mode)) {
       return S_ISDIR(f->base->mode) ? Status(Code::kIsDirectory, "is a directory")
@@ -211,17 +224,9 @@ Result<struct stat> ClusterFs::SetAttr(uint64_t ino, int to_set, const struct st
     if (f) f->base.reset();
     return r.status();
   }
-  if (f && r->inode) f->base = *r->inode;
-  if (!f) {
-    f = GetFile(ino, false);
-    if (f) {
-      std::lock_guard<std::mutex> fl(f->mu);
-      f->base = *r->inode;
-      return ToStat(*r->inode, f.get());
-    }
-    return ToStat(*r->inode, nullptr);
-  }
-  return ToStat(*r->inode, f.get());
+  if (!f) return ToStat(MustInode(*r), nullptr);
+  f->base = MustInode(*r);
+  return ToStat(MustInode(*r), f.get());
 }
 
 Result<struct stat> ClusterFs::Make(FsOpType type, uint64_t parent, std::string_view name,
@@ -235,7 +240,7 @@ Result<struct stat> ClusterFs::Make(FsOpType type, uint64_t parent, std::string_
   op.rdev = rdev;
   op.value = std::string(target);
   CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, c));
-  return ToStat(*r.inode, nullptr);
+  return ToStat(MustInode(r), nullptr);
 }
 
 Result<struct stat> ClusterFs::Link(uint64_t ino, uint64_t parent, std::string_view name,
@@ -249,10 +254,10 @@ Result<struct stat> ClusterFs::Link(uint64_t ino, uint64_t parent, std::string_v
   std::shared_ptr<File> f = GetFile(ino, false);
   if (f) {
     std::lock_guard<std::mutex> l(f->mu);
-    f->base = *r.inode;
-    return ToStat(*r.inode, f.get());
+    f->base = MustInode(r);
+    return ToStat(MustInode(r), f.get());
   }
-  return ToStat(*r.inode, nullptr);
+  return ToStat(MustInode(r), nullptr);
 }
 
 Status ClusterFs::Remove(FsOpType type, uint64_t parent, std::string_view name, const Caller& c) {
@@ -262,15 +267,19 @@ Status ClusterFs::Remove(FsOpType type, uint64_t parent, std::string_view name, 
   op.name = std::string(name);
   // A file this node holds open keeps its data after its last link goes (open-unlinked).
   std::shared_ptr<File> f;
+  uint64_t target = 0;
   if (type == FsOpType::kUnlink) {
     Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
-    if (ino.ok()) f = GetFile(*ino, false);
+    if (ino.ok()) {
+      target = *ino;
+      f = GetFile(target, false);
+    }
   }
   std::unique_lock<std::mutex> l;
   if (f) {
     l = std::unique_lock<std::mutex>(f->mu);
     if (f->opens > 0) {
-      op.ino = *FsLookup(options_.kv, parent, name);
+      op.ino = target;
       op.node = options_.node_name;
     }
   }
@@ -381,8 +390,13 @@ Result<std::string> ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, si
   CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
   for (const ReadPiece& p : pieces) {
     if (p.hole) continue;
-    CN_ASSIGN_OR_RETURN(size_t n, options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length,
-                                                        out.data() + (p.file_offset - offset)));
+    Result<size_t> read = options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length,
+                                                out.data() + (p.file_offset - offset));
+    // A chunk the metadata references but the store lacks (quarantined, deleted) is damage, EIO.
+    if (read.status().code() == Code::kNotFound) {
+      return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
+    }
+    CN_ASSIGN_OR_RETURN(size_t n, std::move(read));
     if (n != p.length) return Status::Corruption("short chunk read");
   }
   return out;
@@ -491,7 +505,7 @@ Status ClusterFs::FlushLocked(File* f, uint64_t ino, const Caller& c) {
   Caller writer = c;
   writer.uid = f->writer_uid;
   CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, writer));
-  f->base = *r.inode;
+  f->base = MustInode(r);
   f->dirty.clear();
   f->dirty_bytes = 0;
   return Status::Ok();
@@ -530,7 +544,7 @@ Status ClusterFs::Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t le
     return Status::NotSupported("fallocate mode " + std::to_string(mode) + " is not supported");
   }
   CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, c));
-  f->base = *r.inode;
+  f->base = MustInode(r);
   return Status::Ok();
 }
 

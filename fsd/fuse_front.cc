@@ -758,6 +758,8 @@ struct FuseFront::Impl {
     // which races with processes sharing a file through mmap (SQLite's WAL index).
     if (conn->capable & FUSE_CAP_EXPLICIT_INVAL_DATA) conn->want |= FUSE_CAP_EXPLICIT_INVAL_DATA;
     conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+    // open(O_TRUNC) then arrives as a separate truncate (setattr), which ClusterFs handles.
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
     // Locks on cluster/ are state in the log (ClusterFs::SetLock), not the kernel's local ones.
     if (conn->capable & FUSE_CAP_POSIX_LOCKS) conn->want |= FUSE_CAP_POSIX_LOCKS;
     if (conn->capable & FUSE_CAP_FLOCK_LOCKS) conn->want |= FUSE_CAP_FLOCK_LOCKS;

@@ -416,6 +416,8 @@ Status SetXattr(Tx* tx, const FsOp& op, FsResult* result) {
       op.name.rfind("security.", 0) != 0) {
     return Status::NotSupported("only user.*, trusted.* and security.* xattrs are supported");
   }
+  if (op.name.back() == '.')
+    return Status::InvalidArgument("xattr name has no name after its namespace");
   if (op.value.size() > kMaxXattrValueBytes) return Status::TooLarge("xattr value over 64 KiB");
   CN_ASSIGN_OR_RETURN(std::optional<std::string> old, tx->kv()->Lookup(XattrKey(op.ino, op.name)));
   if ((op.flags & kXattrCreate) && old) return Status::AlreadyExists(op.name + " exists");

@@ -104,7 +104,8 @@ TEST_CASE("staged changes are invisible until committed and vanish when dropped"
   KvStore::Batch b;
   (void)h.sm.Apply(1, Cmd(CommandType::kInstanceCreate, "x"), &b, &h.events, nullptr);
   // A later command in the same batch sees the earlier one.
-  CHECK(h.sm.Apply(2, Cmd(CommandType::kInstanceSet, "x", "ram_mb", "64"), &b, &h.events, nullptr).ok());
+  CHECK(h.sm.Apply(2, Cmd(CommandType::kInstanceSet, "x", "ram_mb", "64"), &b, &h.events, nullptr)
+            .ok());
   CHECK_FALSE(h.sm.GetInstance("x"));
   h.sm.DropStaged();
   CHECK_FALSE(h.sm.GetInstance("x"));
