@@ -8,10 +8,10 @@
 // close(2) (FUSE flush), fsync(2), truncation, and when an inode's buffers pass a bound, so
 // close and fsync return only when data and metadata are durable.
 //
-// Policies: atime is never updated by reads (as `noatime`); utimensat sets it. POSIX and BSD
-// locks are left to the kernel (this node's processes see each other's locks; cluster-wide locks
-// come with replication). fallocate supports mode 0 (extends the size; space is not reserved),
-// KEEP_SIZE (no-op) and PUNCH_HOLE.
+// Policies: atime is never updated by reads (as `noatime`); utimensat sets it. POSIX (fcntl) and
+// BSD (flock) locks are state in the log (kLock ops), so they become cluster-wide with
+// replication. fallocate supports mode 0 (extends the size; space is not reserved), KEEP_SIZE
+// (no-op) and PUNCH_HOLE.
 // Thread-safety: all methods are safe from any thread; each inode's data has its own lock.
 #ifndef CONSTELLATION_FSD_CLUSTER_FS_H_
 #define CONSTELLATION_FSD_CLUSTER_FS_H_
