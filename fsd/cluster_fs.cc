@@ -340,11 +340,22 @@ Result<std::string> ClusterFs::ReadLink(uint64_t ino) {
 }
 
 Status ClusterFs::Open(uint64_t ino) {
-  std::shared_ptr<File> f = GetFile(ino, true);
+  std::shared_ptr<File> f;
+  {
+    // Count the open while holding the map's lock: Release erases a File whose count is 0 under
+    // that lock, so counting after GetFile returned could count on an erased File, and an unlink
+    // would then not see the file as open (its data would go while the fd still reads it).
+    std::lock_guard<std::mutex> l(mu_);
+    std::shared_ptr<File>& slot = files_[ino];
+    if (!slot) slot = std::make_shared<File>();
+    f = slot;
+    std::lock_guard<std::mutex> fl(f->mu);
+    f->opens++;
+  }
   std::lock_guard<std::mutex> l(f->mu);
-  CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
-  f->opens++;
-  return Status::Ok();
+  Status s = LoadBase(f.get(), ino);
+  if (!s.ok()) f->opens--;  // no release follows a failed open
+  return s;
 }
 
 Status ClusterFs::Release(uint64_t ino, const Caller& c) {

@@ -85,11 +85,10 @@ SHARED_BLOCK = 4
 HISTORY = 40  # operations shown before a mismatch
 # Workarounds for known daemon bugs (see the top of the file); FS_DIFF_STRICT=1 turns them off.
 WORKAROUNDS = os.environ.get("FS_DIFF_STRICT", "") != "1"
-# B2 and B3 were fixed in the daemon (no FUSE_CAP_ATOMIC_O_TRUNC; SetAttr commits buffered writes
-# first): their workarounds are off, so the test checks them. B1 was fixed for stat, but without
-# its workaround seed 4 still finds a read through an open fd of a file unlinked with buffered
-# writes answering ENOENT (op #4587) — open, being investigated. B4 is open.
-FIXED = {"B2", "B3"}
+# B1, B2 and B3 were fixed in the daemon (GetAttr under buffered writes and the open-count race in
+# ClusterFs::Open; no FUSE_CAP_ATOMIC_O_TRUNC; SetAttr commits buffered writes first): their
+# workarounds are off, so the test checks them. B4 is open.
+FIXED = {"B1", "B2", "B3"}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
