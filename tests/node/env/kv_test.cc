@@ -12,27 +12,10 @@
 #include "catch2/catch.hpp"
 #include "node/env/env.h"
 #include "node/env/env_fake.h"
+#include "tests/temp_dir.h"
 
 namespace constellation {
 namespace {
-
-// A fresh directory under the system temp dir, removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "cn_kv_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
 
@@ -122,7 +105,7 @@ void CheckContract(KvStore* kv) {
 }
 
 TEST_CASE("kv: leveldb meets the KvStore contract") {
-  TempDir dir;
+  TempDir dir("cn_kv");
   auto kv = OpenLevelDb(dir.path());
   INFO(kv.status().ToString());
   REQUIRE(kv.ok());
@@ -135,7 +118,7 @@ TEST_CASE("kv: FakeKvStore meets the KvStore contract") {
 }
 
 TEST_CASE("kv: leveldb keeps data across reopen and refuses a second opener") {
-  TempDir dir;
+  TempDir dir("cn_kv");
   {
     auto kv = OpenLevelDb(dir.path());
     REQUIRE(kv.ok());
@@ -152,7 +135,7 @@ TEST_CASE("kv: leveldb keeps data across reopen and refuses a second opener") {
 }
 
 TEST_CASE("kv: leveldb creates a missing directory and reports an unusable one") {
-  TempDir dir;
+  TempDir dir("cn_kv");
   auto kv = OpenLevelDb(dir.path() + "/sub");
   REQUIRE(kv.ok());
 

@@ -11,26 +11,10 @@
 
 #include "catch2/catch.hpp"
 #include "node/env/env.h"
+#include "tests/temp_dir.h"
 
 namespace constellation {
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "cn_spawn_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -67,7 +51,7 @@ TEST_CASE("spawner: Wait returns the child's exit status") {
 }
 
 TEST_CASE("spawner: stdout and stderr go to stdout_path, appended") {
-  TempDir dir;
+  TempDir dir("cn_spawn");
   std::string out = dir.path() + "/out.log";
   int status = Run({{"/bin/sh", "-c", "echo hello; echo oops >&2"}, {}, out});
   REQUIRE(WIFEXITED(status));
@@ -77,7 +61,7 @@ TEST_CASE("spawner: stdout and stderr go to stdout_path, appended") {
 }
 
 TEST_CASE("spawner: stdin is /dev/null and env replaces the environment when given") {
-  TempDir dir;
+  TempDir dir("cn_spawn");
   std::string out = dir.path() + "/out.log";
   Run({{"/bin/sh", "-c", "cat; echo \"[$CN_TEST_VAR][${HOME-unset}]\""}, {"CN_TEST_VAR=x y"}, out});
   REQUIRE(ReadFile(out) == "[x y][unset]\n");

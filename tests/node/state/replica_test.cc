@@ -4,6 +4,7 @@
 
 #include "catch2/catch.hpp"
 #include "node/env/env_fake.h"
+#include "tests/temp_dir.h"
 
 namespace constellation {
 namespace {
@@ -202,9 +203,8 @@ TEST_CASE("events are published after apply, from the time of subscription") {
 namespace constellation {
 
 TEST_CASE("on leveldb: state survives reopening, another format version is refused") {
-  char tmpl[] = "/tmp/cn-replica.XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  std::string dir = tmpl;
+  TempDir tmp("cn_replica");
+  const std::string& dir = tmp.path();
   ReplicaOptions o;
   o.data_dir = dir;
   o.node_name = "n1";
@@ -233,7 +233,6 @@ TEST_CASE("on leveldb: state survives reopening, another format version is refus
   CHECK(r.status().code() == Code::kNotSupported);
   CHECK(r.status().message() ==
         "data was written by state format version 99; this daemon reads version 1");
-  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace constellation
