@@ -265,15 +265,13 @@ Status ClusterFs::Remove(FsOpType type, uint64_t parent, std::string_view name, 
   op.type = type;
   op.parent = parent;
   op.name = std::string(name);
-  // A file this node holds open keeps its data after its last link goes (open-unlinked).
+  // A file or directory this node holds open stays after its last link goes (open-unlinked).
   std::shared_ptr<File> f;
   uint64_t target = 0;
-  if (type == FsOpType::kUnlink) {
-    Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
-    if (ino.ok()) {
-      target = *ino;
-      f = GetFile(target, false);
-    }
+  Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
+  if (ino.ok()) {
+    target = *ino;
+    f = GetFile(target, false);
   }
   std::unique_lock<std::mutex> l;
   if (f) {

@@ -555,6 +555,27 @@ struct FuseFront::Impl {
     fuse_reply_err(req, 0);
   }
 
+  // A directory under cluster/ counts as open like a file, so rmdir of an open directory keeps it
+  // (nlink 0, empty) until the last close, as on ext4. Control-tree directories need no state.
+  static void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    fi->fh = 0;
+    if (IsCluster(req, ino)) {
+      Status s = From(req)->cluster->Open(ino);
+      if (!s.ok()) return ReplyStatus(req, s);
+      if (fuse_reply_open(req, fi) != 0) (void)From(req)->cluster->Release(ino, Caller{});
+      return;
+    }
+    fuse_reply_open(req, fi);
+  }
+
+  static void ReleaseDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    if (IsCluster(req, ino)) {
+      Status s = From(req)->cluster->Release(ino, CallerOf(req));
+      if (!s.ok()) CN_LOG(Warning) << "release of directory " << ino << ": " << s.ToString();
+    }
+    fuse_reply_err(req, 0);
+  }
+
   static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
@@ -783,6 +804,8 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
     o.getattr = &Impl::GetAttr;
     o.setattr = &Impl::SetAttr;
     o.readdir = &Impl::ReadDir;
+    o.opendir = &Impl::OpenDir;
+    o.releasedir = &Impl::ReleaseDir;
     o.open = &Impl::Open;
     o.release = &Impl::Release;
     o.read = &Impl::Read;

@@ -152,6 +152,8 @@ class Tx {
   Result<Inode> GetDir(uint64_t ino) {
     CN_ASSIGN_OR_RETURN(Inode i, Get(ino));
     if (!IsDir(i)) return Status(Code::kNotDirectory, "not a directory");
+    // A removed directory kept alive by an open descriptor takes no new entries (as ext4).
+    if (i.nlink == 0) return Status::NotFound("the directory was removed");
     return i;
   }
   void Put(const Inode& i) { kv_->Put(InodeKey(i.ino), EncodeInode(i)); }
@@ -607,10 +609,12 @@ Status FsMeta::Apply(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* re
 namespace {
 Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) {
   Tx tx(kv, op.time_ns);
-  // Unlink and rename name in `ino`/`node` an inode the proposing node holds open: if this op
-  // removes its last link, the open reference keeps it (and its data) until the node releases it.
-  if ((op.type == FsOpType::kUnlink || op.type == FsOpType::kRename) && op.ino != 0 &&
-      !op.node.empty()) {
+  // Unlink, rmdir and rename name in `ino`/`node` an inode the proposing node holds open: if this
+  // op removes its last link, the open reference keeps it (and its data) until the node releases
+  // it.
+  if ((op.type == FsOpType::kUnlink || op.type == FsOpType::kRmdir ||
+       op.type == FsOpType::kRename) &&
+      op.ino != 0 && !op.node.empty()) {
     CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(OpenKey(op.ino, op.node)));
     if (!v) kv->Put(OpenKey(op.ino, op.node), BigEndian64(1));
   }

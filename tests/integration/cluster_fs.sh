@@ -34,6 +34,16 @@ out=$(mkdir $F/d 2>&1) && fail "mkdir over an existing directory"
 [[ "$out" == *"File exists"* ]] || fail "EEXIST: $out"
 out=$(rmdir $F/d 2>&1) && fail "rmdir of a non-empty directory"
 [[ "$out" == *"not empty"* ]] || fail "ENOTEMPTY: $out"
+# A removed directory stays usable through an open descriptor (nlink 0, empty, no new entries),
+# as on ext4; its inode goes at the last close.
+mkdir $F/gone
+exec 3<$F/gone
+rmdir $F/gone
+expect_eq "$(stat -L -c %h /proc/self/fd/3)" 0 "nlink of a removed open directory"
+expect_eq "$(ls -a /proc/self/fd/3/)" "" "readdir of a removed open directory (the kernel's rule)"
+out=$(touch /proc/self/fd/3/x 2>&1) && fail "created a file in a removed directory"
+[[ "$out" == *"No such file"* ]] || fail "ENOENT in a removed directory: $out"
+exec 3<&-
 name=$(printf 'n%.0s' $(seq 255))
 touch "$F/$name" || fail "255-byte name"
 out=$(touch "$F/${name}x" 2>&1) && fail "256-byte name accepted"

@@ -43,7 +43,7 @@ each one when its bug is fixed:
       FlushLocked's SetContent sets mtime to File::mtime_ns. Workaround: as B1, every open fd of
       the area is fsync'd before each utime. Not covered meanwhile: utime of a file that holds
       unflushed writes.
-  B4  fstat (and every other call on the inode: fgetxattr, fchmod, stat of ".") of an open
+  B4  (fixed) fstat (and every other call on the inode: fgetxattr, fchmod, stat of ".") of an open
       directory, or of the working directory, fails with ENOENT once the directory is removed
       (Linux file systems answer, with nlink 0). Cause: directories get no open reference (there
       is no opendir handler), so rmdir (or a rename over an empty directory) frees the inode at
@@ -87,8 +87,9 @@ HISTORY = 40  # operations shown before a mismatch
 WORKAROUNDS = os.environ.get("FS_DIFF_STRICT", "") != "1"
 # B1, B2 and B3 were fixed in the daemon (GetAttr under buffered writes and the open-count race in
 # ClusterFs::Open; no FUSE_CAP_ATOMIC_O_TRUNC; SetAttr commits buffered writes first): their
-# workarounds are off, so the test checks them. B4 is open.
-FIXED = {"B1", "B2", "B3"}
+# workarounds are off, so the test checks them. B4 too: directories count opens (opendir) and rmdir
+# or a rename over an open directory keeps it until the last close.
+FIXED = {"B1", "B2", "B3", "B4"}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
@@ -343,7 +344,7 @@ class Worker:
     # --- operations ---
     def workaround_close_dirs(self, area):
         """B4 (see the top of the file): no directory stays open while directories may go."""
-        if not WORKAROUNDS:
+        if not WORKAROUNDS or "B4" in FIXED:
             return
         for slot in [x for x in self.fds[area] if stat.S_ISDIR(os.fstat(x[1]).st_mode)]:
             self.note("workaround-B4: close an open directory")
@@ -910,7 +911,7 @@ def main():
     args.ops_per_worker = -(-args.ops // args.workers)
     print(f"fs_diff: seed {args.seed}, {args.ops_per_worker * args.workers} operations, "
           f"{args.workers} workers (replay: FS_DIFF_SEED={args.seed})", flush=True)
-    if WORKAROUNDS:
+    if WORKAROUNDS and not {"B1", "B2", "B3", "B4"} <= FIXED:
         print("fs_diff: workarounds for known daemon bugs are active (B1: fsync before rename/"
               "unlink; B2: no O_TRUNC of existing files; B3: fsync before utime; B4: close "
               "directory fds before rmdir/rename; see the top of fs_diff.py); FS_DIFF_STRICT=1 "

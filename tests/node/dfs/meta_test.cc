@@ -187,6 +187,29 @@ TEST_CASE("fs: link counts, unlink, rmdir, and open-unlinked files") {
   CHECK(fs.Get(kFsRootIno).entries == 0);
 }
 
+TEST_CASE("fs: an open directory that is removed stays, empty and closed to new entries") {
+  Fs fs;
+  Inode d = *fs.Make(FsOpType::kMkdir, kFsRootIno, "d", 0755);
+  FsOp rmdir = fs.Op(FsOpType::kRmdir);
+  rmdir.parent = kFsRootIno;
+  rmdir.name = "d";
+  rmdir.ino = d.ino;  // the proposing node holds it open
+  rmdir.node = "n1";
+  FsResult r;
+  REQUIRE(fs.Do(rmdir, &r).ok());
+  CHECK(r.freed.empty());
+  CHECK(fs.Get(d.ino).nlink == 0);
+  CHECK(fs.Get(kFsRootIno).nlink == 2);
+  CHECK(fs.Make(FsOpType::kMknod, d.ino, "x").status().code() == Code::kNotFound);
+  CHECK(fs.Make(FsOpType::kMkdir, d.ino, "x").status().code() == Code::kNotFound);
+  FsOp release = fs.Op(FsOpType::kRelease);
+  release.ino = d.ino;
+  release.node = "n1";
+  REQUIRE(fs.Do(release, &r).ok());
+  CHECK(r.freed == std::vector<uint64_t>{d.ino});
+  CHECK(FsGetInode(&fs.store, d.ino).status().code() == Code::kNotFound);
+}
+
 TEST_CASE("fs: a node that restarts drops its open references") {
   Fs fs;
   Inode f = *fs.Make(FsOpType::kMknod, kFsRootIno, "f");
