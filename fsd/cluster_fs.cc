@@ -19,6 +19,13 @@ namespace constellation {
 namespace {
 
 constexpr uint64_t kWindow = kMaxChunkBytes;  // dirty buffers and chunks are cut at 4 MiB
+// Sealed windows queued for the background threads, over all files (64 MiB per file by default).
+constexpr size_t kMaxQueuedWindows = 32;
+// Sealed windows stored but not committed, per file: past this a write commits them (one SetContent
+// per 1 GiB of a long sequential write), so no chunk waits long for the metadata that references
+// it.
+constexpr size_t kMaxSealedPerFile = 256;
+constexpr size_t kMaxPooledWindows = 16;  // idle window buffers kept (64 MiB)
 
 int64_t NowNs() {
   timespec ts;
@@ -55,20 +62,156 @@ Result<ExtentList> ExtentsOf(const Inode& i) {
 
 }  // namespace
 
-// The open or dirty state of one inode on this node.
-struct ClusterFs::File {
-  std::mutex mu;  // guards everything below
-  uint64_t opens = 0;
-  bool open_ref = false;                  // the log holds an open reference of this node for it
-  std::optional<Inode> base;              // the committed inode, as last seen by this node
-  std::map<uint64_t, std::string> dirty;  // window index → bytes from the window's start
-  size_t dirty_bytes = 0;
-  uint64_t size = 0;     // logical size, dirty data included (valid when !dirty.empty())
-  int64_t mtime_ns = 0;  // time of the last write (valid when !dirty.empty())
-  uint32_t writer_uid = 0;
+// A window's bytes in memory: a kWindow buffer, of which the first `len` bytes are the window's
+// content from its start (bytes past `len` are garbage, never read).
+struct ClusterFs::Window {
+  std::unique_ptr<char[], WindowFree> data;
+  size_t len = 0;
 };
 
-ClusterFs::ClusterFs(ClusterFsOptions options) : options_(std::move(options)) {}
+// A full window handed to a background thread, which stores its chunk and makes it durable.
+struct ClusterFs::Sealed {
+  Window bytes;       // read-only while !done; released once the chunk is durable
+  uint32_t len = 0;   // the chunk's length
+  bool done = false;  // guarded by File::mu, as are the fields below
+  Status status;      // of the background Put and Sync; on failure `bytes` are kept
+  ChunkId id;
+};
+
+// The open or dirty state of one inode on this node.
+struct ClusterFs::File {
+  std::mutex mu;               // guards everything below
+  std::condition_variable cv;  // with mu: a sealed window's background store finished
+  uint64_t opens = 0;
+  bool open_ref = false;                               // the log holds this node's open reference
+  std::optional<Inode> base;                           // the committed inode, as last seen here
+  std::map<uint64_t, Window> dirty;                    // window index → buffered bytes
+  std::map<uint64_t, std::shared_ptr<Sealed>> sealed;  // window index → stored in the background
+  size_t inflight = 0;                                 // sealed windows not done
+  size_t memory_bytes = 0;  // bytes held: dirty windows and sealed ones still holding bytes
+  uint64_t size = 0;        // logical size, buffered data included (valid when Unflushed)
+  int64_t mtime_ns = 0;     // time of the last write (valid when Unflushed)
+  uint32_t writer_uid = 0;
+
+  // Writes since the last flush: the committed inode is not the whole truth.
+  bool unflushed() const { return !dirty.empty() || !sealed.empty(); }
+};
+
+ClusterFs::ClusterFs(ClusterFsOptions options) : options_(std::move(options)) {
+  for (int i = 0; i < options_.background_threads; ++i) {
+    bg_threads_.emplace_back([this] { BackgroundLoop(); });
+  }
+}
+
+ClusterFs::~ClusterFs() {
+  {
+    std::lock_guard<std::mutex> l(bg_mu_);
+    bg_stop_ = true;
+  }
+  bg_cv_.notify_all();
+  for (std::thread& t : bg_threads_) t.join();
+}
+
+ClusterFs::Window ClusterFs::NewWindow() {
+  Window w;
+  {
+    std::lock_guard<std::mutex> l(pool_mu_);
+    if (!pool_.empty()) {
+      w.data = std::move(pool_.back());
+      pool_.pop_back();
+      return w;
+    }
+  }
+  // Not zeroed: only bytes below `len` are ever read. Aligned for O_DIRECT chunk writes.
+  w.data.reset(static_cast<char*>(std::aligned_alloc(4096, kWindow)));
+  CN_CHECK(w.data) << "out of memory for a write buffer";
+  return w;
+}
+
+void ClusterFs::Recycle(Window* w) {
+  if (!w->data) return;
+  std::lock_guard<std::mutex> l(pool_mu_);
+  if (pool_.size() < kMaxPooledWindows) pool_.push_back(std::move(w->data));
+  w->data.reset();
+  w->len = 0;
+}
+
+bool ClusterFs::Seal(const std::shared_ptr<File>& f, uint64_t window) {
+  auto it = f->dirty.find(window);
+  CN_CHECK(it != f->dirty.end() && it->second.len == kWindow) << "sealing a window not full";
+  if (options_.background_threads <= 0 || f->sealed.size() >= kMaxSealedPerFile) return false;
+  auto sealed = std::make_shared<Sealed>();
+  {
+    std::lock_guard<std::mutex> l(bg_mu_);
+    if (bg_queue_.size() >= kMaxQueuedWindows) return false;
+    sealed->bytes = std::move(it->second);
+    sealed->len = static_cast<uint32_t>(kWindow);
+    bg_queue_.push_back(Task{f, sealed});
+  }
+  bg_cv_.notify_one();
+  f->dirty.erase(it);
+  f->sealed[window] = std::move(sealed);
+  f->inflight++;
+  return true;
+}
+
+void ClusterFs::BackgroundLoop() {
+  for (;;) {
+    Task t;
+    {
+      std::unique_lock<std::mutex> l(bg_mu_);
+      bg_cv_.wait(l, [&] { return bg_stop_ || !bg_queue_.empty(); });
+      if (bg_stop_) return;
+      t = std::move(bg_queue_.front());
+      bg_queue_.pop_front();
+    }
+    Sealed* s = t.sealed.get();
+    // `bytes` stay unchanged until `done` is set under the file's lock.
+    Result<ChunkId> id = options_.chunks->Put(std::string_view(s->bytes.data.get(), s->len));
+    Status status = id.status();
+    if (status.ok()) status = options_.chunks->Sync(std::span<const ChunkId>(&*id, 1));
+    std::lock_guard<std::mutex> l(t.file->mu);
+    s->done = true;
+    s->status = status;
+    if (status.ok()) {
+      s->id = *id;
+      t.file->memory_bytes -= s->len;
+      Recycle(&s->bytes);
+    } else {
+      CN_LOG(Warning) << "background store of a chunk: " << status.ToString();
+    }
+    t.file->inflight--;
+    t.file->cv.notify_all();
+  }
+}
+
+Status ClusterFs::Unseal(File* f, std::unique_lock<std::mutex>& l, uint64_t first, uint64_t last) {
+  auto touches = [&] {
+    auto it = f->sealed.lower_bound(first);
+    return it != f->sealed.end() && it->first <= last;
+  };
+  if (!touches()) return Status::Ok();
+  f->cv.wait(l, [&] { return f->inflight == 0; });
+  for (auto it = f->sealed.lower_bound(first); it != f->sealed.end() && it->first <= last;) {
+    Sealed* s = it->second.get();
+    Window w;
+    if (s->bytes.data) {  // its store failed: the bytes are still here
+      w = std::move(s->bytes);
+    } else {
+      w = NewWindow();
+      CN_ASSIGN_OR_RETURN(size_t n, options_.chunks->Read(s->id, 0, s->len, w.data.get()));
+      if (n != s->len) {
+        Recycle(&w);
+        return Status::Corruption("short chunk read");
+      }
+      w.len = s->len;
+      f->memory_bytes += w.len;
+    }
+    f->dirty[it->first] = std::move(w);
+    it = f->sealed.erase(it);
+  }
+  return Status::Ok();
+}
 
 Result<FsResult> ClusterFs::Propose(FsOp op, const Caller& c) {
   if (op.time_ns == 0) op.time_ns = NowNs();
@@ -129,10 +272,10 @@ struct stat ClusterFs::ToStat(const Inode& i, const File* f) {
   } else if (S_ISDIR(i.mode) || S_ISLNK(i.mode)) {
     allocated = 4096;
   }
-  if (f != nullptr && !f->dirty.empty()) {
+  if (f != nullptr && f->unflushed()) {
     st.st_size = static_cast<off_t>(f->size);
     st.st_mtim = st.st_ctim = ToTimespec(f->mtime_ns);
-    allocated += f->dirty_bytes;
+    allocated += f->memory_bytes + f->sealed.size() * kWindow;
   }
   st.st_blocks = static_cast<blkcnt_t>((allocated + 511) / 512);
   return st;
@@ -142,7 +285,7 @@ Result<struct stat> ClusterFs::GetAttr(uint64_t ino) {
   std::shared_ptr<File> f = GetFile(ino, false);
   if (f) {
     std::lock_guard<std::mutex> l(f->mu);
-    if (!f->dirty.empty()) {
+    if (f->unflushed()) {
       // Buffered writes decide size and mtime; the rest comes from the committed inode.
       CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
       return ToStat(*f->base, f.get());
@@ -201,7 +344,7 @@ Result<struct stat> ClusterFs::SetAttr(uint64_t ino, int to_set, const struct st
   std::unique_lock<std::mutex> l;
   if (f) {
     l = std::unique_lock<std::mutex>(f->mu);
-    CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+    CN_RETURN_IF_ERROR(FlushLocked(f.get(), l, ino, c));
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
     // Truncation: cut the extent list in the same op as the size.
@@ -362,8 +505,8 @@ Status ClusterFs::Release(uint64_t ino, const Caller& c) {
   Status s;
   bool drop = false;
   {
-    std::lock_guard<std::mutex> l(f->mu);
-    s = FlushLocked(f.get(), ino, c);
+    std::unique_lock<std::mutex> l(f->mu);
+    s = FlushLocked(f.get(), l, ino, c);
     if (f->opens > 0) f->opens--;
     if (f->opens == 0) {
       if (f->open_ref) {
@@ -375,7 +518,7 @@ Status ClusterFs::Release(uint64_t ino, const Caller& c) {
         if (!rs.ok()) CN_LOG(Warning) << "release of inode " << ino << ": " << rs.ToString();
         f->open_ref = false;
       }
-      drop = f->dirty.empty();
+      drop = !f->unflushed();
     }
   }
   if (drop) {
@@ -383,24 +526,22 @@ Status ClusterFs::Release(uint64_t ino, const Caller& c) {
     auto it = files_.find(ino);
     if (it != files_.end() && it->second == f) {
       std::lock_guard<std::mutex> fl(f->mu);
-      if (f->opens == 0 && f->dirty.empty()) files_.erase(it);
+      if (f->opens == 0 && !f->unflushed()) files_.erase(it);
     }
   }
   return s;
 }
 
-Result<std::string> ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size) {
-  std::string out;
-  if (offset >= i.size) return out;
-  size = static_cast<size_t>(std::min<uint64_t>(size, i.size - offset));
-  out.assign(size, '\0');
-  if (i.content.empty()) return out;
+Status ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size, char* out) {
+  CN_CHECK(offset + size <= i.size) << "committed read past EOF";
+  std::memset(out, 0, size);  // holes
+  if (size == 0 || i.content.empty()) return Status::Ok();
   CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(i));
   CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
   for (const ReadPiece& p : pieces) {
     if (p.hole) continue;
-    Result<size_t> read = options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length,
-                                                out.data() + (p.file_offset - offset));
+    Result<size_t> read =
+        options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length, out + (p.file_offset - offset));
     // A chunk the metadata references but the store lacks (quarantined, deleted) is damage, EIO.
     if (read.status().code() == Code::kNotFound) {
       return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
@@ -408,7 +549,7 @@ Result<std::string> ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, si
     CN_ASSIGN_OR_RETURN(size_t n, std::move(read));
     if (n != p.length) return Status::Corruption("short chunk read");
   }
-  return out;
+  return Status::Ok();
 }
 
 Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) {
@@ -416,25 +557,35 @@ Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) 
   std::lock_guard<std::mutex> l(f->mu);
   CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
   const Inode& base = *f->base;
-  if (f->dirty.empty()) return ReadCommitted(base, offset, size);
-  if (offset >= f->size) return std::string();
-  size = static_cast<size_t>(std::min<uint64_t>(size, f->size - offset));
+  uint64_t eof = f->unflushed() ? f->size : base.size;
+  if (offset >= eof) return std::string();
+  size = static_cast<size_t>(std::min<uint64_t>(size, eof - offset));
   std::string out(size, '\0');
   uint64_t pos = offset;
   while (pos < offset + size) {
     uint64_t window = pos / kWindow;
     uint64_t window_end = std::min<uint64_t>((window + 1) * kWindow, offset + size);
-    auto it = f->dirty.find(window);
-    if (it != f->dirty.end()) {
-      const std::string& buf = it->second;
-      uint64_t in = pos - window * kWindow;
-      if (in < buf.size()) {
-        size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size() - in, window_end - pos));
-        std::memcpy(out.data() + (pos - offset), buf.data() + in, n);
+    char* dst = out.data() + (pos - offset);
+    uint64_t in = pos - window * kWindow;
+    size_t n = static_cast<size_t>(window_end - pos);
+    auto d = f->dirty.find(window);
+    auto sl = f->sealed.find(window);
+    if (d != f->dirty.end()) {
+      // Bytes past the window's buffered length and before EOF are a hole written over later.
+      if (in < d->second.len) {
+        std::memcpy(dst, d->second.data.get() + in, std::min<uint64_t>(d->second.len - in, n));
       }
-    } else {
-      CN_ASSIGN_OR_RETURN(std::string part, ReadCommitted(base, pos, window_end - pos));
-      std::memcpy(out.data() + (pos - offset), part.data(), part.size());
+    } else if (sl != f->sealed.end()) {
+      const Sealed& sd = *sl->second;
+      if (sd.bytes.data) {
+        std::memcpy(dst, sd.bytes.data.get() + in, n);
+      } else {
+        CN_ASSIGN_OR_RETURN(size_t got, options_.chunks->Read(sd.id, in, n, dst));
+        if (got != n) return Status::Corruption("short chunk read");
+      }
+    } else if (pos < base.size) {
+      size_t have = static_cast<size_t>(std::min<uint64_t>(n, base.size - pos));
+      CN_RETURN_IF_ERROR(ReadCommitted(base, pos, have, dst));
     }
     pos = window_end;
   }
@@ -443,14 +594,22 @@ Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) 
 
 Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c) {
   if (offset + data.size() > kMaxFsFileBytes) return Status::TooLarge("file too large");
+  if (data.empty()) return Status::Ok();
   std::shared_ptr<File> f = GetFile(ino, true);
-  std::lock_guard<std::mutex> l(f->mu);
+  std::unique_lock<std::mutex> l(f->mu);
   CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
   if (!S_ISREG(f->base->mode)) return Status::InvalidArgument("not a regular file");
-  if (f->dirty_bytes + data.size() > options_.max_dirty_bytes_per_inode) {
-    CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+  if (f->memory_bytes + data.size() > options_.max_dirty_bytes_per_inode) {
+    // Let the background stores catch up first: they free their windows' memory.
+    f->cv.wait(l, [&] { return f->inflight == 0; });
+    if (f->memory_bytes + data.size() > options_.max_dirty_bytes_per_inode) {
+      CN_RETURN_IF_ERROR(FlushLocked(f.get(), l, ino, c));
+    }
   }
-  if (f->dirty.empty()) f->size = f->base->size;
+  if (f->sealed.size() >= kMaxSealedPerFile) CN_RETURN_IF_ERROR(FlushLocked(f.get(), l, ino, c));
+  uint64_t last = offset + data.size() - 1;
+  CN_RETURN_IF_ERROR(Unseal(f.get(), l, offset / kWindow, last / kWindow));
+  if (!f->unflushed()) f->size = f->base->size;
   uint64_t pos = offset;
   size_t done = 0;
   while (done < data.size()) {
@@ -459,25 +618,34 @@ Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, co
     size_t n = static_cast<size_t>(std::min<uint64_t>(kWindow - in, data.size() - done));
     auto it = f->dirty.find(window);
     if (it == f->dirty.end()) {
-      // First write to this window since the last flush: start from its committed bytes.
+      // First write to this window since the last flush: start from its committed bytes, unless
+      // this write covers them all.
+      Window w = NewWindow();
       uint64_t start = window * kWindow;
       uint64_t have =
           f->base->size > start ? std::min<uint64_t>(kWindow, f->base->size - start) : 0;
-      std::string buf;
-      if (have > 0) {
-        CN_ASSIGN_OR_RETURN(buf, ReadCommitted(*f->base, start, have));
+      if (have > 0 && !(in == 0 && n >= have)) {
+        Status rs = ReadCommitted(*f->base, start, static_cast<size_t>(have), w.data.get());
+        if (!rs.ok()) {
+          Recycle(&w);
+          return rs;
+        }
       }
-      it = f->dirty.emplace(window, std::move(buf)).first;
-      f->dirty_bytes += it->second.size();
+      w.len = static_cast<size_t>(have);
+      f->memory_bytes += w.len;
+      it = f->dirty.emplace(window, std::move(w)).first;
     }
-    std::string& buf = it->second;
-    if (buf.size() < in + n) {
-      f->dirty_bytes += in + n - buf.size();
-      buf.resize(in + n, '\0');
+    Window& w = it->second;
+    if (w.len < in) std::memset(w.data.get() + w.len, 0, in - w.len);  // a hole in the window
+    std::memcpy(w.data.get() + in, data.data() + done, n);
+    if (w.len < in + n) {
+      f->memory_bytes += in + n - w.len;
+      w.len = in + n;
     }
-    std::memcpy(buf.data() + in, data.data() + done, n);
     done += n;
     pos += n;
+    // A writer that filled a window to its end has moved on: store it in the background.
+    if (in + n == kWindow && w.len == kWindow) (void)Seal(f, window);
   }
   f->size = std::max<uint64_t>(f->size, offset + data.size());
   f->mtime_ns = NowNs();
@@ -485,18 +653,38 @@ Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, co
   return Status::Ok();
 }
 
-Status ClusterFs::FlushLocked(File* f, uint64_t ino, const Caller& c) {
-  if (f->dirty.empty()) return Status::Ok();
+Status ClusterFs::FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t ino,
+                              const Caller& c) {
+  if (!f->unflushed()) return Status::Ok();
+  f->cv.wait(l, [&] { return f->inflight == 0; });
+  if (!f->unflushed()) return Status::Ok();  // another flush committed it meanwhile
   CN_RETURN_IF_ERROR(LoadBase(f, ino));
   CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(*f->base));
+  // A failed background store goes back to the dirty windows, to be stored again below.
+  for (auto it = f->sealed.begin(); it != f->sealed.end();) {
+    if (it->second->status.ok()) {
+      ++it;
+      continue;
+    }
+    f->dirty[it->first] = std::move(it->second->bytes);
+    it = f->sealed.erase(it);
+  }
+  for (const auto& [window, sd] : f->sealed) {
+    // Only a truncation shrinks the size, and it flushes first: sealed windows are inside.
+    CN_CHECK((window + 1) * kWindow <= f->size) << "a sealed window past EOF";
+    Extent e;
+    e.file_offset = window * kWindow;
+    e.length = sd->len;
+    e.chunk = ChunkRef{sd->id, sd->len};
+    CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+  }
   std::vector<ChunkId> ids;
-  for (auto& [window, buf] : f->dirty) {
+  for (auto& [window, w] : f->dirty) {
     uint64_t start = window * kWindow;
     if (start >= f->size) continue;  // cut off by a later truncate
-    size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), f->size - start));
+    size_t len = static_cast<size_t>(std::min<uint64_t>(w.len, f->size - start));
     if (len == 0) continue;
-    std::string_view data(buf.data(), len);
-    CN_ASSIGN_OR_RETURN(ChunkId id, options_.chunks->Put(data));
+    CN_ASSIGN_OR_RETURN(ChunkId id, options_.chunks->Put(std::string_view(w.data.get(), len)));
     Extent e;
     e.file_offset = start;
     e.length = len;
@@ -515,23 +703,25 @@ Status ClusterFs::FlushLocked(File* f, uint64_t ino, const Caller& c) {
   writer.uid = f->writer_uid;
   CN_ASSIGN_OR_RETURN(FsResult r, Propose(op, writer));
   f->base = MustInode(r);
+  for (auto& [window, w] : f->dirty) Recycle(&w);
   f->dirty.clear();
-  f->dirty_bytes = 0;
+  f->sealed.clear();
+  f->memory_bytes = 0;
   return Status::Ok();
 }
 
 Status ClusterFs::Flush(uint64_t ino, const Caller& c) {
   std::shared_ptr<File> f = GetFile(ino, false);
   if (!f) return Status::Ok();
-  std::lock_guard<std::mutex> l(f->mu);
-  return FlushLocked(f.get(), ino, c);
+  std::unique_lock<std::mutex> l(f->mu);
+  return FlushLocked(f.get(), l, ino, c);
 }
 
 Status ClusterFs::Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length,
                             const Caller& c) {
   std::shared_ptr<File> f = GetFile(ino, true);
-  std::lock_guard<std::mutex> l(f->mu);
-  CN_RETURN_IF_ERROR(FlushLocked(f.get(), ino, c));
+  std::unique_lock<std::mutex> l(f->mu);
+  CN_RETURN_IF_ERROR(FlushLocked(f.get(), l, ino, c));
   CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
   if (!S_ISREG(f->base->mode)) return Status(Code::kNotSupported, "not a regular file");
   if (offset + length > kMaxFsFileBytes) return Status::TooLarge("file too large");
@@ -699,8 +889,21 @@ void ClusterFs::WaitLockChange(int64_t timeout_ms) {
 }
 
 Result<std::string> ClusterFs::CollectGarbage() {
-  // Every chunk a committed inode references, from one consistent scan of the store.
   std::unordered_set<ChunkId, ChunkIdHash> referenced;
+  // Chunks stored in the background but not yet committed, taken BEFORE the scan of the store:
+  // one committed after this point is in the scan; one stored after it is inside the grace period.
+  std::vector<std::shared_ptr<File>> files;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& [ino, f] : files_) files.push_back(f);
+  }
+  for (const std::shared_ptr<File>& f : files) {
+    std::lock_guard<std::mutex> l(f->mu);
+    for (const auto& [window, sd] : f->sealed) {
+      if (sd->done && sd->status.ok()) referenced.insert(sd->id);
+    }
+  }
+  // Every chunk a committed inode references, from one consistent scan of the store.
   Status bad;
   CN_RETURN_IF_ERROR(options_.kv->Scan("f/i/", "f/i0", [&](std::string_view, std::string_view v) {
     Result<Inode> i = DecodeInode(v);

@@ -2,11 +2,14 @@
 //
 // Metadata operations become FsOps proposed through the node's log (node/dfs/meta.h) and return
 // once applied. File data is cut at 4 MiB boundaries into chunks named by their hash
-// (node/dfs/chunk_store.h). Writes collect in memory per inode, one buffer per 4 MiB window,
-// and are committed by Flush: every dirty window becomes a chunk, the chunks are made durable in
-// one group, then one SetContent op records the new extent list and size. Flush runs on
-// close(2) (FUSE flush), fsync(2), truncation, and when an inode's buffers pass a bound, so
-// close and fsync return only when data and metadata are durable.
+// (node/dfs/chunk_store.h). Writes collect in memory per inode, one buffer per 4 MiB window.
+// A window a writer fills to its end (a sequential writer moving on) is sealed: a background
+// thread stores its chunk and makes it durable while the writer goes on (write-behind). Flush
+// waits for the sealed windows, stores the remaining dirty ones, makes them durable in one group,
+// then commits one SetContent op with the new extent list and size. Flush runs on close(2) (FUSE
+// flush), fsync(2), truncation, and when an inode's buffers pass a bound, so close and fsync
+// return only when data and metadata are durable; a flush commits all of an inode's buffered
+// writes at once.
 //
 // Policies: atime is never updated by reads (as `noatime`); utimensat sets it. POSIX (fcntl) and
 // BSD (flock) locks are state in the log (kLock ops), so they become cluster-wide with
@@ -21,13 +24,17 @@
 #include <sys/statvfs.h>
 
 #include <condition_variable>
+#include <cstdlib>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "fsd/control_tree.h"
 #include "node/dfs/chunk_store.h"
@@ -41,12 +48,20 @@ struct ClusterFsOptions {
   KvStore* kv = nullptr;  // the replica's store, for reads of committed metadata
   ChunkStore* chunks = nullptr;
   std::string node_name;
-  size_t max_dirty_bytes_per_inode = 64u << 20;  // a write past this flushes first
+  // Buffered bytes per inode (dirty windows and sealed ones not yet stored): a write past this
+  // waits for the background stores, then flushes if still past it.
+  size_t max_dirty_bytes_per_inode = 64u << 20;
+  // Threads storing sealed windows in the background (write-behind); 0 stores them at flush.
+  int background_threads = 2;
 };
 
 class ClusterFs {
  public:
   explicit ClusterFs(ClusterFsOptions options);
+  // Stops the background threads; windows not yet stored are dropped (never acknowledged).
+  ~ClusterFs();
+  ClusterFs(const ClusterFs&) = delete;
+  ClusterFs& operator=(const ClusterFs&) = delete;
 
   // Creates the root if missing and drops open references this node held before a restart.
   Status Start();
@@ -101,13 +116,32 @@ class ClusterFs {
   Status RemoveXattr(uint64_t ino, std::string_view name, const Caller& c);
 
  private:
+  struct WindowFree {
+    void operator()(char* p) const { std::free(p); }
+  };
   struct File;
+  struct Window;
+  struct Sealed;
+  struct Task {
+    std::shared_ptr<File> file;
+    std::shared_ptr<Sealed> sealed;
+  };
   std::shared_ptr<File> GetFile(uint64_t ino, bool create);
   Result<FsResult> Propose(FsOp op, const Caller& c);
-  Status FlushLocked(File* f, uint64_t ino, const Caller& c);
+  // The caller holds `l` on f->mu; waits for background stores release it meanwhile.
+  Status FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t ino, const Caller& c);
   Status LoadBase(File* f, uint64_t ino);
-  Result<std::string> ReadCommitted(const Inode& inode, uint64_t offset, size_t size);
+  // Reads committed bytes [offset, offset + size) into `out`; size must end at or before EOF.
+  Status ReadCommitted(const Inode& inode, uint64_t offset, size_t size, char* out);
   struct stat ToStat(const Inode& inode, const File* f);
+  // Hands a full dirty window to the background threads; false (window stays dirty) when their
+  // queue is full.
+  bool Seal(const std::shared_ptr<File>& f, uint64_t window);
+  // Turns every sealed window in [first, last] back into a dirty one, for a write into it.
+  Status Unseal(File* f, std::unique_lock<std::mutex>& l, uint64_t first, uint64_t last);
+  void BackgroundLoop();
+  Window NewWindow();
+  void Recycle(Window* w);
 
   const ClusterFsOptions options_;
   std::mutex mu_;  // guards files_
@@ -116,6 +150,17 @@ class ClusterFs {
   std::set<std::tuple<uint64_t, uint64_t, bool>> lockers_;  // guarded by mu_
   std::condition_variable lock_changed_;                    // with mu_
   uint64_t lock_generation_ = 0;                            // guarded by mu_
+
+  // Write-behind: sealed windows waiting for a background thread. Lock order: File::mu, then
+  // bg_mu_ or pool_mu_ (never the other way).
+  std::mutex bg_mu_;
+  std::condition_variable bg_cv_;
+  std::deque<Task> bg_queue_;  // guarded by bg_mu_, at most kMaxQueuedWindows
+  bool bg_stop_ = false;       // guarded by bg_mu_
+  std::vector<std::thread> bg_threads_;
+  std::mutex pool_mu_;
+  // Idle 4 MiB window buffers, 4096-aligned (the chunk store writes full ones with O_DIRECT).
+  std::vector<std::unique_ptr<char[], WindowFree>> pool_;  // guarded by pool_mu_
 };
 
 }  // namespace constellation

@@ -49,6 +49,14 @@ class Fd {
   }
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = other.fd_;
+      other.fd_ = -1;
+    }
+    return *this;
+  }
   int get() const { return fd_; }
   // Closes now, reporting close(2)'s error (a deferred write error on some file systems).
   int Close() {
@@ -288,6 +296,7 @@ struct ChunkStore::Impl {
   std::unique_ptr<ChunkCache> cache;
   std::shared_ptr<ChunkBufferPool> pool = std::make_shared<ChunkBufferPool>();
   std::atomic<uint64_t> tmp_seq{0};
+  std::atomic<bool> direct_io_works{true};  // false once the file system refused O_DIRECT
 
   std::mutex quarantined_mu;
   std::unordered_set<ChunkId, ChunkIdHash> quarantined;
@@ -624,11 +633,22 @@ Result<ChunkId> ChunkStore::Put(std::string_view data) {
   std::string tmp = std::string(kTmpDir) + "/" + id.Hex() + "." +
                     std::to_string(m.tmp_seq.fetch_add(1, std::memory_order_relaxed));
   Status written = [&]() -> Status {
-    Fd fd(::openat(m.dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    constexpr uintptr_t kAlign = 4096;
+    bool direct =
+        m.options.direct_io_for_aligned_puts && m.direct_io_works.load(std::memory_order_relaxed) &&
+        reinterpret_cast<uintptr_t>(data.data()) % kAlign == 0 && data.size() % kAlign == 0;
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+    Fd fd(::openat(m.dir_fd, tmp.c_str(), flags | (direct ? O_DIRECT : 0), 0600));
+    if (fd.get() < 0 && direct && errno == EINVAL) {
+      // This file system has no O_DIRECT: stop trying.
+      m.direct_io_works.store(false, std::memory_order_relaxed);
+      direct = false;
+      fd = Fd(::openat(m.dir_fd, tmp.c_str(), flags, 0600));
+    }
     if (fd.get() < 0) return Status::FromErrno(errno, "create " + m.dir + "/" + tmp);
     CN_RETURN_IF_ERROR(WriteAll(fd.get(), data));
     CN_RETURN_IF_ERROR(m.SetMtime(fd.get(), tmp));
-    if (m.options.start_writeback_on_put) {
+    if (!direct && m.options.start_writeback_on_put) {
       // Only a hint: errors surface at Sync's fdatasync.
       (void)::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
     }
