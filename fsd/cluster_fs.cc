@@ -26,6 +26,15 @@ constexpr size_t kMaxQueuedWindows = 32;
 // it.
 constexpr size_t kMaxSealedPerFile = 256;
 constexpr size_t kMaxPooledWindows = 16;  // idle window buffers kept (64 MiB)
+// A write into committed data that does not cover its window keeps only the bytes written
+// (sparse), instead of loading and later rewriting the whole 4 MiB window; the flush stores the
+// ranges of all sparse windows packed into shared chunks. Past these bounds a sparse window is
+// loaded into a full buffer.
+constexpr size_t kMaxSparseRanges = 256;
+constexpr size_t kMaxSparseBytes = 1u << 20;
+// A window whose committed extents number more than this after a flush is rewritten as one chunk,
+// so random writes cannot fragment a file without bound.
+constexpr size_t kMaxExtentsPerWindow = 64;
 
 int64_t NowNs() {
   timespec ts;
@@ -64,9 +73,15 @@ Result<ExtentList> ExtentsOf(const Inode& i) {
 
 // A window's bytes in memory: a kWindow buffer, of which the first `len` bytes are the window's
 // content from its start (bytes past `len` are garbage, never read).
+//
+// A sparse window instead holds no buffer, only the byte ranges written since the last flush,
+// over the committed content.
 struct ClusterFs::Window {
   std::unique_ptr<char[], WindowFree> data;
   size_t len = 0;
+  bool sparse = false;
+  std::map<uint32_t, std::string> ranges;  // sparse: offset → bytes; disjoint, never adjacent
+  size_t sparse_bytes = 0;
 };
 
 // A full window handed to a background thread, which stores its chunk and makes it durable.
@@ -570,7 +585,21 @@ Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) 
     size_t n = static_cast<size_t>(window_end - pos);
     auto d = f->dirty.find(window);
     auto sl = f->sealed.find(window);
-    if (d != f->dirty.end()) {
+    if (d != f->dirty.end() && d->second.sparse) {
+      if (pos < base.size) {
+        size_t have = static_cast<size_t>(std::min<uint64_t>(n, base.size - pos));
+        CN_RETURN_IF_ERROR(ReadCommitted(base, pos, have, dst));
+      }
+      const std::map<uint32_t, std::string>& ranges = d->second.ranges;
+      auto r = ranges.upper_bound(static_cast<uint32_t>(in));
+      if (r != ranges.begin()) --r;
+      for (; r != ranges.end() && r->first < in + n; ++r) {
+        uint64_t from = std::max<uint64_t>(r->first, in);
+        uint64_t to = std::min<uint64_t>(r->first + r->second.size(), in + n);
+        if (from < to)
+          std::memcpy(dst + (from - in), r->second.data() + (from - r->first), to - from);
+      }
+    } else if (d != f->dirty.end()) {
       // Bytes past the window's buffered length and before EOF are a hole written over later.
       if (in < d->second.len) {
         std::memcpy(dst, d->second.data.get() + in, std::min<uint64_t>(d->second.len - in, n));
@@ -590,6 +619,56 @@ Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) 
     pos = window_end;
   }
   return out;
+}
+
+void ClusterFs::AddRange(Window* w, uint32_t in, std::string_view bytes, size_t* memory_bytes) {
+  uint64_t start = in;
+  uint64_t end = in + bytes.size();
+  // Ranges that overlap or touch [start, end) merge with it into one.
+  auto first = w->ranges.upper_bound(in);
+  if (first != w->ranges.begin()) {
+    auto prev = std::prev(first);
+    if (prev->first + prev->second.size() >= start) first = prev;
+  }
+  auto last = first;
+  while (last != w->ranges.end() && last->first <= end) ++last;
+  if (first != last) {
+    start = std::min<uint64_t>(start, first->first);
+    auto back = std::prev(last);
+    end = std::max<uint64_t>(end, back->first + back->second.size());
+  }
+  std::string merged(end - start, '\0');
+  for (auto it = first; it != last; ++it) {
+    std::memcpy(merged.data() + (it->first - start), it->second.data(), it->second.size());
+    w->sparse_bytes -= it->second.size();
+    *memory_bytes -= it->second.size();
+  }
+  std::memcpy(merged.data() + (in - start), bytes.data(), bytes.size());
+  w->ranges.erase(first, last);
+  w->sparse_bytes += merged.size();
+  *memory_bytes += merged.size();
+  w->ranges.emplace(static_cast<uint32_t>(start), std::move(merged));
+}
+
+Status ClusterFs::Densify(File* f, uint64_t window) {
+  Window& w = f->dirty.at(window);
+  uint64_t start = window * kWindow;
+  uint64_t have = f->base->size > start ? std::min<uint64_t>(kWindow, f->base->size - start) : 0;
+  Window full = NewWindow();
+  Status s = ReadCommitted(*f->base, start, static_cast<size_t>(have), full.data.get());
+  if (!s.ok()) {
+    Recycle(&full);
+    return s;  // the window stays sparse, which is still right
+  }
+  full.len = static_cast<size_t>(have);
+  for (const auto& [in, bytes] : w.ranges) {
+    if (full.len < in) std::memset(full.data.get() + full.len, 0, in - full.len);
+    std::memcpy(full.data.get() + in, bytes.data(), bytes.size());
+    full.len = std::max<size_t>(full.len, in + bytes.size());
+  }
+  f->memory_bytes = f->memory_bytes - w.sparse_bytes + full.len;
+  w = std::move(full);
+  return Status::Ok();
 }
 
 Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c) {
@@ -617,23 +696,30 @@ Status ClusterFs::Write(uint64_t ino, uint64_t offset, std::string_view data, co
     uint64_t in = pos - window * kWindow;
     size_t n = static_cast<size_t>(std::min<uint64_t>(kWindow - in, data.size() - done));
     auto it = f->dirty.find(window);
+    uint64_t start = window * kWindow;
+    uint64_t have = f->base->size > start ? std::min<uint64_t>(kWindow, f->base->size - start) : 0;
     if (it == f->dirty.end()) {
-      // First write to this window since the last flush: start from its committed bytes, unless
-      // this write covers them all.
-      Window w = NewWindow();
-      uint64_t start = window * kWindow;
-      uint64_t have =
-          f->base->size > start ? std::min<uint64_t>(kWindow, f->base->size - start) : 0;
       if (have > 0 && !(in == 0 && n >= have)) {
-        Status rs = ReadCommitted(*f->base, start, static_cast<size_t>(have), w.data.get());
-        if (!rs.ok()) {
-          Recycle(&w);
-          return rs;
-        }
+        // Into committed bytes it does not all cover: keep just the bytes written.
+        it = f->dirty.emplace(window, Window{}).first;
+        it->second.sparse = true;
+      } else {
+        // Past the committed bytes, or over all of them: a full buffer from the window's start.
+        Window w = NewWindow();
+        w.len = static_cast<size_t>(have);
+        f->memory_bytes += w.len;
+        it = f->dirty.emplace(window, std::move(w)).first;
       }
-      w.len = static_cast<size_t>(have);
-      f->memory_bytes += w.len;
-      it = f->dirty.emplace(window, std::move(w)).first;
+    }
+    if (it->second.sparse) {
+      Window& w = it->second;
+      AddRange(&w, static_cast<uint32_t>(in), data.substr(done, n), &f->memory_bytes);
+      if (w.ranges.size() > kMaxSparseRanges || w.sparse_bytes > kMaxSparseBytes) {
+        CN_RETURN_IF_ERROR(Densify(f.get(), window));
+      }
+      done += n;
+      pos += n;
+      continue;
     }
     Window& w = it->second;
     if (w.len < in) std::memset(w.data.get() + w.len, 0, in - w.len);  // a hole in the window
@@ -679,19 +765,88 @@ Status ClusterFs::FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t
     CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
   }
   std::vector<ChunkId> ids;
-  for (auto& [window, w] : f->dirty) {
-    uint64_t start = window * kWindow;
-    if (start >= f->size) continue;  // cut off by a later truncate
-    size_t len = static_cast<size_t>(std::min<uint64_t>(w.len, f->size - start));
-    if (len == 0) continue;
-    CN_ASSIGN_OR_RETURN(ChunkId id, options_.chunks->Put(std::string_view(w.data.get(), len)));
-    Extent e;
-    e.file_offset = start;
-    e.length = len;
-    e.chunk = ChunkRef{id, static_cast<uint32_t>(len)};
-    CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+  std::vector<uint64_t> sparse_windows;
+  // The ranges of sparse windows, packed into shared chunks: one store per 4 MiB of them.
+  Window pack = NewWindow();
+  std::vector<Extent> packed;  // chunk id filled in when the pack is stored
+  auto store_pack = [&]() -> Status {
+    if (pack.len == 0) return Status::Ok();
+    CN_ASSIGN_OR_RETURN(ChunkId id,
+                        options_.chunks->Put(std::string_view(pack.data.get(), pack.len)));
+    for (Extent& e : packed) {
+      e.chunk = ChunkRef{id, static_cast<uint32_t>(pack.len)};
+      CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+    }
     ids.push_back(id);
-  }
+    packed.clear();
+    pack.len = 0;
+    return Status::Ok();
+  };
+  Status st = [&]() -> Status {
+    for (auto& [window, w] : f->dirty) {
+      uint64_t start = window * kWindow;
+      if (start >= f->size) continue;  // cut off by a later truncate
+      if (w.sparse) {
+        sparse_windows.push_back(window);
+        for (const auto& [in, bytes] : w.ranges) {
+          if (start + in >= f->size) break;
+          size_t len = static_cast<size_t>(std::min<uint64_t>(bytes.size(), f->size - start - in));
+          if (pack.len + len > kWindow) CN_RETURN_IF_ERROR(store_pack());
+          std::memcpy(pack.data.get() + pack.len, bytes.data(), len);
+          Extent e;
+          e.file_offset = start + in;
+          e.length = len;
+          e.chunk_offset = static_cast<uint32_t>(pack.len);
+          packed.push_back(e);
+          pack.len += len;
+        }
+        continue;
+      }
+      size_t len = static_cast<size_t>(std::min<uint64_t>(w.len, f->size - start));
+      if (len == 0) continue;
+      CN_ASSIGN_OR_RETURN(ChunkId id, options_.chunks->Put(std::string_view(w.data.get(), len)));
+      Extent e;
+      e.file_offset = start;
+      e.length = len;
+      e.chunk = ChunkRef{id, static_cast<uint32_t>(len)};
+      CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+      ids.push_back(id);
+    }
+    CN_RETURN_IF_ERROR(store_pack());
+    // Windows fragmented by small writes become one chunk again (read back through the new
+    // extents: the packs just stored are readable before they are durable).
+    for (uint64_t window : sparse_windows) {
+      uint64_t start = window * kWindow;
+      uint64_t end = std::min<uint64_t>(start + kWindow, f->size);
+      auto lo = std::lower_bound(ext.begin(), ext.end(), start,
+                                 [](const Extent& e, uint64_t off) { return e.end() <= off; });
+      size_t count = 0;
+      for (auto it = lo; it != ext.end() && it->file_offset < end; ++it) ++count;
+      if (count <= kMaxExtentsPerWindow) continue;
+      pack.len = static_cast<size_t>(end - start);
+      CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, start, pack.len));
+      std::memset(pack.data.get(), 0, pack.len);
+      for (const ReadPiece& p : pieces) {
+        if (p.hole) continue;
+        CN_ASSIGN_OR_RETURN(size_t got,
+                            options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length,
+                                                  pack.data.get() + (p.file_offset - start)));
+        if (got != p.length) return Status::Corruption("short chunk read");
+      }
+      CN_ASSIGN_OR_RETURN(ChunkId id,
+                          options_.chunks->Put(std::string_view(pack.data.get(), pack.len)));
+      Extent e;
+      e.file_offset = start;
+      e.length = pack.len;
+      e.chunk = ChunkRef{id, static_cast<uint32_t>(pack.len)};
+      CN_RETURN_IF_ERROR(OverwriteExtent(&ext, e));
+      ids.push_back(id);
+      pack.len = 0;
+    }
+    return Status::Ok();
+  }();
+  Recycle(&pack);
+  CN_RETURN_IF_ERROR(st);
   CN_RETURN_IF_ERROR(options_.chunks->Sync(ids));
   FsOp op;
   op.type = FsOpType::kSetContent;

@@ -139,6 +139,10 @@ class ClusterFs {
   bool Seal(const std::shared_ptr<File>& f, uint64_t window);
   // Turns every sealed window in [first, last] back into a dirty one, for a write into it.
   Status Unseal(File* f, std::unique_lock<std::mutex>& l, uint64_t first, uint64_t last);
+  // Sparse windows: records bytes written at `in`, merging with the ranges they touch.
+  static void AddRange(Window* w, uint32_t in, std::string_view bytes, size_t* memory_bytes);
+  // Turns a sparse window into a full one: its committed bytes with the ranges over them.
+  Status Densify(File* f, uint64_t window);
   void BackgroundLoop();
   Window NewWindow();
   void Recycle(Window* w);

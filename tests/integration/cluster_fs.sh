@@ -63,6 +63,32 @@ expect_eq "$(stat -c %s $F/sparse)" $((6 * 1024 * 1024 * 1024)) "size of a spars
 fallocate -p -o 0 -l 4096 $F/rand
 expect_eq "$(head -c 4096 $F/rand | tr -d '\0' | wc -c)" 0 "punched hole reads zeros"
 
+# Random small writes into committed data (kept as sparse ranges, packed into shared chunks, and
+# windows rewritten whole once fragmented), interleaved with reads and fsyncs, against a local
+# copy; then again after a restart.
+head -c $((12 * 1024 * 1024 + 999)) /dev/urandom > $T/rw
+cp $T/rw $F/rw
+python3 - $F/rw $T/rw <<'PY' || fail "random writes"
+import os, random, sys
+rng = random.Random(11)
+fds = [os.open(p, os.O_RDWR) for p in sys.argv[1:]]
+size = os.fstat(fds[1]).st_size
+for i in range(6000):
+    n = rng.choice([1, 512, 4096, 4096, 4096, 10000])
+    off = rng.randrange(0, size + 8192)
+    data = rng.randbytes(n)
+    for fd in fds:
+        os.pwrite(fd, data, off)
+    if i % 97 == 0:
+        a, b = (os.pread(fd, 65536, max(0, off - 30000)) for fd in fds)
+        assert a == b, f"read after write {i} differs at {off}"
+    if i % 150 == 149:
+        os.fsync(fds[0])
+for fd in fds:
+    os.close(fd)
+PY
+cmp $T/rw $F/rw || fail "random writes: the file differs"
+
 # Real workloads.
 ( cd $F && git init -q repo && cd repo && git config user.email t@t && git config user.name t &&
   for i in 1 2 3; do echo $i >> file; git add file; git commit -qm "c$i"; done &&
@@ -107,6 +133,7 @@ cmp $T/durable $F/durable || fail "a closed file changed after kill -9"
 cmp -n 1000000 $T/durable $F/fsynced || fail "an fsync'd file changed after kill -9"
 expect_eq "$(cat $F/a.txt)" "$(printf 'hello\nmore')" "a.txt after restart"
 expect_eq "$(cd $F/repo && git log --oneline | wc -l)" 3 "git after restart"
+cmp $T/rw $F/rw || fail "the randomly written file changed after kill -9"
 
 stop_daemon
 echo PASS
