@@ -564,6 +564,18 @@ Status ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size, ch
     CN_ASSIGN_OR_RETURN(size_t n, std::move(read));
     if (n != p.length) return Status::Corruption("short chunk read");
   }
+  // A reader passing three quarters of a window likely reads on: chunk files are separate files,
+  // so the kernel's readahead stops at each one; ask for the next window's chunk now.
+  constexpr uint64_t kPrefetchAt = kWindow / 4 * 3;
+  uint64_t end = offset + size;
+  uint64_t next = (end / kWindow + 1) * kWindow;
+  if (end % kWindow >= kPrefetchAt &&
+      (offset / kWindow != end / kWindow || offset % kWindow < kPrefetchAt) && next < i.size) {
+    Result<std::vector<ReadPiece>> ahead = MapRange(ext, next, 1);
+    if (ahead.ok() && !ahead->empty() && !ahead->front().hole) {
+      options_.chunks->Prefetch(ahead->front().chunk.id);
+    }
+  }
   return Status::Ok();
 }
 
