@@ -122,8 +122,7 @@ Result<Message> DecodeMessage(std::string_view in) {
   if (m.from.empty()) return Malformed("no sender");
   if ((flags & ~kFlagJoin) != 0) return Malformed("unknown flags");
   m.join = (flags & kFlagJoin) != 0;
-  const bool full_state =
-      m.type == MessageType::kPushPull || m.type == MessageType::kPushPullResp;
+  const bool full_state = m.type == MessageType::kPushPull || m.type == MessageType::kPushPullResp;
   uint64_t n;
   if (!r.Varint(&n) || n > (full_state ? kMaxMembers : kMaxPiggyback)) {
     return Malformed("too many updates");

@@ -241,8 +241,7 @@ class Membership::Impl {
     if (o_.reconnect_interval_ms > 0 && t_ >= next_reconnect_t_) {
       next_reconnect_t_ = t_ + o_.reconnect_interval_ms;
       PushPullWith([&](const Rec& r) {
-        return r.m.state == State::kDead &&
-               now_ms_ - r.m.state_change_ms < o_.reconnect_timeout_ms;
+        return r.m.state == State::kDead && now_ms_ - r.m.state_change_ms < o_.reconnect_timeout_ms;
       });
     }
     if (joining_ && t_ >= next_join_t_) SendJoin();
@@ -356,8 +355,8 @@ class Membership::Impl {
   }
 
   void Advance(int64_t now_ms) {
-    CN_CHECK(now_ms >= now_ms_) << "membership: time went backwards (" << now_ms << " < "
-                                << now_ms_ << ")";
+    CN_CHECK(now_ms >= now_ms_) << "membership: time went backwards (" << now_ms << " < " << now_ms_
+                                << ")";
     const int64_t gap = now_ms - now_ms_;
     if (gap > o_.stall_threshold_ms) {
       stall_ms_ += gap;
@@ -446,8 +445,8 @@ class Membership::Impl {
     size_t bytes = 0;
     auto add = [&](const Update& u) {
       const size_t b = EncodedUpdateBytes(u);
-      if (!out->empty() && (out->size() >= o_.max_piggyback_updates ||
-                            bytes + b > o_.max_piggyback_bytes)) {
+      if (!out->empty() &&
+          (out->size() >= o_.max_piggyback_updates || bytes + b > o_.max_piggyback_bytes)) {
         return false;
       }
       bytes += b;
@@ -457,17 +456,16 @@ class Membership::Impl {
     // Lifeguard's buddy system: the recipient hears first that we suspect it (or hold it dead).
     auto it = members_.find(to);
     const bool buddy = it != members_.end() && (it->second.m.state == State::kSuspect ||
-                                                 it->second.m.state == State::kDead);
+                                                it->second.m.state == State::kDead);
     if (buddy) {
       const Rec& r = it->second;
-      add(Update{r.m.state, to, "", r.m.incarnation,
-                 r.suspicion ? r.suspicion->from : o_.name});
+      add(Update{r.m.state, to, "", r.m.incarnation, r.suspicion ? r.suspicion->from : o_.name});
     }
     if (broadcasts_.empty()) return;
     std::vector<Broadcast*> order;
     order.reserve(broadcasts_.size());
     for (auto& [name, b] : broadcasts_) {
-      if (!(buddy && name == to)) order.push_back(&b);
+      if (name != to) order.push_back(&b);  // it knows itself (buddy above covers the rest)
     }
     std::sort(order.begin(), order.end(), [](const Broadcast* a, const Broadcast* b) {
       return a->transmits != b->transmits ? a->transmits < b->transmits : a->id > b->id;
@@ -611,8 +609,8 @@ class Membership::Impl {
     Suspicion s;
     s.start = t_;
     const double scale = std::max(1.0, std::log10(static_cast<double>(std::max<size_t>(n, 1))));
-    s.min_ms = static_cast<int64_t>(o_.suspicion_mult * scale *
-                                    static_cast<double>(o_.probe_interval_ms));
+    s.min_ms =
+        static_cast<int64_t>(o_.suspicion_mult * scale * static_cast<double>(o_.probe_interval_ms));
     s.max_ms = static_cast<int64_t>(o_.suspicion_max_mult * static_cast<double>(s.min_ms));
     s.k = std::clamp(static_cast<int>(n) - 2, 0, o_.suspicion_confirmations);
     s.from = from;
@@ -776,8 +774,8 @@ class Membership::Impl {
     std::vector<NodeName> targets;
     for (const auto& [name, rec] : members_) {
       if (name == o_.name) continue;
-      if (Live(rec) || (rec.m.state == State::kDead &&
-                        now_ms_ - rec.m.state_change_ms < o_.gossip_to_dead_ms)) {
+      if (Live(rec) ||
+          (rec.m.state == State::kDead && now_ms_ - rec.m.state_change_ms < o_.gossip_to_dead_ms)) {
         targets.push_back(name);
       }
     }
@@ -836,8 +834,8 @@ class Membership::Impl {
 
   const Options o_;
   Rng rng_;
-  int64_t now_ms_;     // the agent's clock, as of the last call
-  int64_t t_ = 0;      // the local clock: now_ms_ - stall_ms_
+  int64_t now_ms_;  // the agent's clock, as of the last call
+  int64_t t_ = 0;   // the local clock: now_ms_ - stall_ms_
   int64_t stall_ms_ = 0;
   std::map<NodeName, Rec> members_;
   std::map<NodeName, Broadcast> broadcasts_;  // one per member: the newest update about it
@@ -887,9 +885,7 @@ bool Membership::joined() const { return impl_->joined(); }
 bool Membership::left() const { return impl_->left(); }
 int Membership::health_score() const { return impl_->health_score(); }
 std::vector<Member> Membership::members() const { return impl_->members(); }
-std::optional<Member> Membership::member(const NodeName& name) const {
-  return impl_->member(name);
-}
+std::optional<Member> Membership::member(const NodeName& name) const { return impl_->member(name); }
 size_t Membership::live_members() const { return impl_->live_members(); }
 size_t Membership::pending_broadcasts() const { return impl_->pending_broadcasts(); }
 std::optional<int64_t> Membership::suspicion_timeout_ms(const NodeName& name) const {

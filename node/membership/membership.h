@@ -78,8 +78,8 @@ using NodeName = std::string;
 inline constexpr uint8_t kProtocolVersion = 1;
 inline constexpr size_t kMaxNameBytes = 255;
 inline constexpr size_t kMaxAddrBytes = 255;
-inline constexpr size_t kMaxMembers = 4096;      // members in one table, entries in a push-pull
-inline constexpr size_t kMaxPiggyback = 64;      // updates on a ping, ack, nack or gossip message
+inline constexpr size_t kMaxMembers = 4096;  // members in one table, entries in a push-pull
+inline constexpr size_t kMaxPiggyback = 64;  // updates on a ping, ack, nack or gossip message
 inline constexpr size_t kMaxMessageBytes = size_t{4} << 20;  // holds a push-pull of kMaxMembers
 
 enum class State : uint8_t { kAlive = 0, kSuspect = 1, kDead = 2, kLeft = 3 };
@@ -138,8 +138,8 @@ std::string DescribeMessage(const Message& m);
 std::string DescribeUpdate(const Update& u);
 
 struct Options {
-  NodeName name;     // this node; non-empty, at most kMaxNameBytes
-  std::string addr;  // where others reach it; non-empty, at most kMaxAddrBytes
+  NodeName name;      // this node; non-empty, at most kMaxNameBytes
+  std::string addr;   // where others reach it; non-empty, at most kMaxAddrBytes
   uint64_t seed = 1;  // randomizes probe order, relays and gossip targets (deterministically)
 
   int64_t probe_interval_ms = 500;  // one probe per interval (scaled by health)
