@@ -45,7 +45,10 @@ class Rng {
 }  // namespace
 
 int64_t SuspicionTimeoutMs(int64_t min_ms, int64_t max_ms, int confirmations, int k) {
-  if (k <= 0 || max_ms <= min_ms) return min_ms;
+  if (max_ms <= min_ms) return min_ms;
+  // No confirmation can come (fewer than three live members): nothing will shorten the wait, and
+  // the suspicion rests on one prober without relays; take the middle of the range.
+  if (k <= 0) return min_ms + (max_ms - min_ms) / 2;
   const double frac = std::log(static_cast<double>(std::min(confirmations, k)) + 1.0) /
                       std::log(static_cast<double>(k) + 1.0);
   const auto t = static_cast<int64_t>(
@@ -110,6 +113,7 @@ class Membership::Impl {
     self.m = Member{o_.name, o_.addr, State::kAlive, 0, now_ms};
     members_.emplace(o_.name, std::move(self));
     PushEvent(members_.at(o_.name).m, true);
+    QueueBroadcast(Update{State::kAlive, o_.name, o_.addr, 0, ""});
     next_probe_t_ = t_ + static_cast<int64_t>(rng_.Below(o_.probe_interval_ms));
     next_gossip_t_ = t_ + o_.gossip_interval_ms;
     next_push_pull_t_ = t_ + o_.push_pull_interval_ms;
@@ -138,6 +142,7 @@ class Membership::Impl {
     left_ = true;
     joining_ = false;
     probe_.reset();
+    confirm_.reset();
     Rec& self = Self();
     self.m.state = State::kLeft;
     self.m.state_change_ms = now_ms_;
@@ -157,6 +162,15 @@ class Membership::Impl {
     }
     const bool full_state =
         m.type == MessageType::kPushPull || m.type == MessageType::kPushPullResp;
+    if (!full_state && members_.find(m.from) == members_.end() && t_ >= next_unknown_sync_t_) {
+      // A member we never heard of (its alive updates were lost): ask it for its state. At most
+      // one such push-pull per probe interval.
+      next_unknown_sync_t_ = t_ + o_.probe_interval_ms;
+      Message pp;
+      pp.type = MessageType::kPushPull;
+      pp.updates = FullState();
+      Send(m.from, m.from_addr, std::move(pp));
+    }
     if (full_state) {
       for (const Update& u : m.updates) Merge(u, m.from);
     } else {
@@ -177,8 +191,9 @@ class Membership::Impl {
         OnAck(m);
         break;
       case MessageType::kNack:
-        if (probe_ && m.seq == probe_->seq && probe_->relays.count(m.from)) {
-          probe_->nacks.insert(m.from);
+        for (std::optional<Probe>* slot : {&probe_, &confirm_}) {
+          Probe* p = slot->has_value() ? &**slot : nullptr;
+          if (p && m.seq == p->seq && p->relays.count(m.from)) p->nacks.insert(m.from);
         }
         break;
       case MessageType::kGossip:
@@ -186,12 +201,13 @@ class Membership::Impl {
       case MessageType::kPushPull: {
         Message resp;
         resp.type = MessageType::kPushPullResp;
+        resp.join = m.join;  // what tells a joiner that a seed (not a peer's sync) answered
         resp.updates = FullState();
         Send(m.from, m.from_addr, std::move(resp));
         break;
       }
       case MessageType::kPushPullResp:
-        if (joining_) {
+        if (joining_ && m.join) {
           joining_ = false;
           joined_ = true;
         }
@@ -203,9 +219,17 @@ class Membership::Impl {
   void Tick(int64_t now_ms) {
     Advance(now_ms);
     // Probe: ping-req after the timeout, suspect at the end of the interval, then the next one.
-    if (probe_ && !probe_->indirect && t_ >= probe_->timeout_at) SendIndirect();
-    if (probe_ && t_ >= probe_->end_at) ProbeFailed();
+    for (std::optional<Probe>* slot : {&probe_, &confirm_}) {
+      if (!*slot) continue;
+      if (!(*slot)->indirect && t_ >= (*slot)->timeout_at) SendIndirect(&**slot);
+      // Over at the end of its interval, or as soon as every relay said the target is silent.
+      const Probe& p = **slot;
+      if (t_ >= p.end_at || (p.indirect && !p.relays.empty() && p.nacks == p.relays)) {
+        ProbeFailed(slot);
+      }
+    }
     if (!probe_ && t_ >= next_probe_t_) StartProbe();
+    if (!confirm_) StartConfirm();
     // Relays: nack when the target stays silent; forget after the origin gave up.
     for (auto it = relays_.begin(); it != relays_.end();) {
       RelayState& r = it->second;
@@ -232,6 +256,7 @@ class Membership::Impl {
     }
     if (t_ >= next_gossip_t_) {
       next_gossip_t_ = t_ + o_.gossip_interval_ms;
+      last_gossip_t_ = t_;
       GossipRound();
     }
     if (o_.push_pull_interval_ms > 0 && t_ >= next_push_pull_t_) {
@@ -250,7 +275,9 @@ class Membership::Impl {
 
   int64_t NextTickMs() const {
     int64_t next = next_probe_t_;
-    if (probe_) next = std::min(next, probe_->indirect ? probe_->end_at : probe_->timeout_at);
+    for (const std::optional<Probe>* slot : {&probe_, &confirm_}) {
+      if (*slot) next = std::min(next, (*slot)->indirect ? (*slot)->end_at : (*slot)->timeout_at);
+    }
     for (const auto& [seq, r] : relays_) next = std::min(next, r.nacked ? r.expire_at : r.nack_at);
     for (const auto& [name, rec] : members_) {
       if (rec.suspicion) next = std::min(next, Deadline(*rec.suspicion));
@@ -381,9 +408,9 @@ class Membership::Impl {
     if (!ValidAddr(m.from_addr)) return bad("bad sender address");
     const bool join = m.type == MessageType::kPushPull && m.join;
     if (m.to != o_.name && !(join && m.to.empty())) return bad("addressed to " + m.to);
-    if (m.join && m.type != MessageType::kPushPull) return bad("join flag on a non-push-pull");
     const bool full_state =
         m.type == MessageType::kPushPull || m.type == MessageType::kPushPullResp;
+    if (m.join && !full_state) return bad("join flag on a message other than a push-pull");
     if (m.updates.size() > (full_state ? kMaxMembers : kMaxPiggyback)) {
       return bad("too many updates");
     }
@@ -439,6 +466,12 @@ class Membership::Impl {
   void QueueBroadcast(const Update& u) {
     CN_CHECK(members_.count(u.node)) << "broadcast about unknown member " << u.node;
     broadcasts_[u.node] = Broadcast{u, 0, ++broadcast_id_};
+    // Failure news travels at once (on the next Tick) instead of waiting for the gossip interval:
+    // every hop saved shortens detection. At most four rounds per interval.
+    if (u.state != State::kAlive) {
+      next_gossip_t_ =
+          std::min(next_gossip_t_, std::max(t_, last_gossip_t_ + o_.gossip_interval_ms / 4));
+    }
   }
 
   void Piggyback(const NodeName& to, std::vector<Update>* out) {
@@ -489,6 +522,19 @@ class Membership::Impl {
   // ---- Applying updates (the precedence rules in membership.h).
 
   void Apply(const Update& u) {
+    auto it = members_.find(u.node);
+    if (it != members_.end() && Overrides(it->second.m, u) && !broadcasts_.count(u.node)) {
+      // The sender missed newer news (typically a refutation or a leave lost to the network):
+      // spread ours again rather than let its stale view linger (or its suspicion run out).
+      const Member& m = it->second.m;
+      const auto& susp = it->second.suspicion;
+      QueueBroadcast(Update{m.state, m.name, m.state == State::kAlive ? m.addr : "", m.incarnation,
+                            m.state == State::kLeft ? m.name
+                            : susp                  ? susp->from
+                                                    : o_.name});
+      ++stats_.stale_corrected;
+      return;
+    }
     switch (u.state) {
       case State::kAlive:
         return ApplyAlive(u);
@@ -501,8 +547,29 @@ class Membership::Impl {
     }
   }
 
+  // Whether what we hold about a member makes update `u` about it stale: an older incarnation,
+  // or the same one in a weaker state (alive < suspect < dead < left).
+  static bool Overrides(const Member& m, const Update& u) {
+    if (u.incarnation != m.incarnation) return u.incarnation < m.incarnation;
+    return static_cast<int>(u.state) < static_cast<int>(m.state);
+  }
+
   // A push-pull entry from `sender`: its dead is our suspect (memberlist's mergeState).
   void Merge(const Update& u, const NodeName& sender) {
+    if (u.state != State::kAlive && u.node != o_.name && members_.find(u.node) == members_.end()) {
+      // A member that died or left before we joined is listed (so every member's table agrees),
+      // not disseminated; one under suspicion there is alive to us until we suspect it ourselves.
+      if (!MakeRoom()) {
+        ++stats_.members_refused;
+        return;
+      }
+      Rec rec;
+      rec.m = Member{u.node, u.addr, u.state == State::kSuspect ? State::kAlive : u.state,
+                     u.incarnation, now_ms_};
+      PushEvent(members_.emplace(u.node, std::move(rec)).first->second.m, true);
+      AddToRing(u.node);
+      return;
+    }
     Update v = u;
     v.from = sender;
     if (v.state == State::kDead) v.state = State::kSuspect;
@@ -541,6 +608,7 @@ class Membership::Impl {
     }
     if (victim == members_.end()) return false;
     broadcasts_.erase(victim->first);
+    RemoveFromRing(victim->first);
     members_.erase(victim);
     return true;
   }
@@ -566,6 +634,7 @@ class Membership::Impl {
       rec.m = Member{u.node, u.addr, State::kAlive, u.incarnation, now_ms_};
       members_.emplace(u.node, std::move(rec));
       PushEvent(members_.at(u.node).m, true);
+      AddToRing(u.node);
       QueueBroadcast(Update{State::kAlive, u.node, u.addr, u.incarnation, ""});
       return;
     }
@@ -616,6 +685,13 @@ class Membership::Impl {
     s.from = from;
     rec.suspicion = std::move(s);
     SetState(&rec, State::kSuspect, u.incarnation);
+    // Probe it at once, beside the regular probe: our own verdict is an independent
+    // confirmation (or, through the buddy system, the news that lets it refute), and
+    // confirmations are what shorten the timeout.
+    if (from != o_.name && probe_first_.size() < o_.max_members) {
+      probe_first_.push_back(u.node);
+      if (!confirm_) StartConfirm();
+    }
     ++stats_.suspicions;
     QueueBroadcast(Update{State::kSuspect, u.node, "", u.incarnation, from});
   }
@@ -655,20 +731,40 @@ class Membership::Impl {
   // ---- Probing.
 
   std::optional<NodeName> NextProbeTarget() {
-    for (int pass = 0; pass < 2; ++pass) {
-      while (probe_index_ < probe_order_.size()) {
-        const NodeName& name = probe_order_[probe_index_++];
-        auto it = members_.find(name);
-        if (it != members_.end() && name != o_.name && Live(it->second)) return name;
+    // Every other probe goes to our successor in name order: each live member is probed by its
+    // predecessor every two intervals, which bounds the time until someone notices a crash
+    // (the random ring alone only bounds it per prober, at n - 1 intervals).
+    if (o_.successor_probes && probe_count_++ % 2 == 0) {
+      auto it = members_.upper_bound(o_.name);
+      for (size_t i = 0; i < members_.size(); ++i, ++it) {
+        if (it == members_.end()) it = members_.begin();
+        if (it->first != o_.name && Live(it->second)) return it->first;
       }
-      probe_order_.clear();
-      probe_index_ = 0;
-      for (const auto& [name, rec] : members_) {
-        if (name != o_.name && Live(rec)) probe_order_.push_back(name);
-      }
-      rng_.Sample(&probe_order_, probe_order_.size());
+    }
+    // One pass around the ring: its order is fixed (random insertion), so each member is probed
+    // exactly once per n - 1 probes: a crashed member waits at most n - 1 intervals for each
+    // prober (a reshuffled order can make that 2(n - 1)).
+    for (size_t i = 0; i < ring_.size(); ++i) {
+      if (ring_index_ >= ring_.size()) ring_index_ = 0;
+      const NodeName& name = ring_[ring_index_++];
+      auto it = members_.find(name);
+      if (it != members_.end() && Live(it->second)) return name;
     }
     return std::nullopt;
+  }
+
+  void AddToRing(const NodeName& name) {
+    const size_t at = static_cast<size_t>(rng_.Below(ring_.size() + 1));
+    ring_.insert(ring_.begin() + static_cast<std::ptrdiff_t>(at), name);
+    if (at < ring_index_) ++ring_index_;  // the cursor stays on the same member
+  }
+
+  void RemoveFromRing(const NodeName& name) {
+    auto it = std::find(ring_.begin(), ring_.end(), name);
+    if (it == ring_.end()) return;
+    const size_t at = static_cast<size_t>(it - ring_.begin());
+    ring_.erase(it);
+    if (at < ring_index_) --ring_index_;
   }
 
   void StartProbe() {
@@ -676,45 +772,63 @@ class Membership::Impl {
     if (left_) return;
     std::optional<NodeName> target = NextProbeTarget();
     if (!target) return;
+    probe_ = NewProbe(*target);
+  }
+
+  // A confirmation probe of the next suspect others told us about (one at a time).
+  void StartConfirm() {
+    if (left_) return;
+    while (!probe_first_.empty()) {
+      NodeName name = std::move(probe_first_.front());
+      probe_first_.pop_front();
+      auto it = members_.find(name);
+      if (it == members_.end() || it->second.m.state != State::kSuspect) continue;
+      if (probe_ && probe_->target == name) continue;  // already being probed
+      confirm_ = NewProbe(name);
+      return;
+    }
+  }
+
+  Probe NewProbe(const NodeName& target) {
     Probe p;
-    p.target = *target;
+    p.target = target;
     p.seq = ++seq_;
     p.timeout_at = t_ + Scale(o_.probe_timeout_ms);
-    p.end_at = next_probe_t_;
-    probe_ = std::move(p);
+    p.end_at = t_ + Scale(o_.probe_interval_ms);
     ++stats_.probes;
     Message ping;
     ping.type = MessageType::kPing;
-    ping.seq = probe_->seq;
-    Send(*target, members_.at(*target).m.addr, std::move(ping));
+    ping.seq = p.seq;
+    Send(target, members_.at(target).m.addr, std::move(ping));
+    return p;
   }
 
-  void SendIndirect() {
-    probe_->indirect = true;
+  void SendIndirect(Probe* p) {
+    p->indirect = true;
     ++stats_.probes_indirect;
-    auto target = members_.find(probe_->target);
+    auto target = members_.find(p->target);
     if (target == members_.end()) return;
     std::vector<NodeName> relays;
     for (const auto& [name, rec] : members_) {
-      if (name != o_.name && name != probe_->target && rec.m.state == State::kAlive) {
+      if (name != o_.name && name != p->target && rec.m.state == State::kAlive) {
         relays.push_back(name);
       }
     }
     rng_.Sample(&relays, static_cast<size_t>(o_.indirect_checks));
     for (const NodeName& relay : relays) {
-      probe_->relays.insert(relay);
+      p->relays.insert(relay);
       Message req;
       req.type = MessageType::kPingReq;
-      req.seq = probe_->seq;
-      req.target = probe_->target;
+      req.seq = p->seq;
+      req.target = p->target;
       req.target_addr = target->second.m.addr;
       Send(relay, members_.at(relay).m.addr, std::move(req));
     }
   }
 
-  void ProbeFailed() {
-    Probe p = std::move(*probe_);
-    probe_.reset();
+  void ProbeFailed(std::optional<Probe>* slot) {
+    Probe p = std::move(**slot);
+    slot->reset();
     ++stats_.probes_failed;
     // Lifeguard: relays that could not even nack point at us, not at the target. Without relays,
     // any failed probe counts against our health.
@@ -731,11 +845,13 @@ class Membership::Impl {
   }
 
   void OnAck(const Message& m) {
-    if (probe_ && m.seq == probe_->seq &&
-        (m.from == probe_->target || probe_->relays.count(m.from))) {
-      probe_.reset();
-      AdjustHealth(-1);
-      return;
+    for (std::optional<Probe>* slot : {&probe_, &confirm_}) {
+      const Probe* p = slot->has_value() ? &**slot : nullptr;
+      if (p && m.seq == p->seq && (m.from == p->target || p->relays.count(m.from))) {
+        slot->reset();
+        AdjustHealth(-1);
+        return;
+      }
     }
     auto it = relays_.find(m.seq);
     if (it != relays_.end() && it->second.target == m.from) {
@@ -830,6 +946,7 @@ class Membership::Impl {
       }
     }
     for (const auto& [name, b] : broadcasts_) CN_CHECK(members_.count(name)) << name;
+    CN_CHECK(ring_.size() + 1 == members_.size()) << "the probe ring lost a member";
   }
 
   const Options o_;
@@ -840,16 +957,21 @@ class Membership::Impl {
   std::map<NodeName, Rec> members_;
   std::map<NodeName, Broadcast> broadcasts_;  // one per member: the newest update about it
   uint64_t broadcast_id_ = 0;
-  std::optional<Probe> probe_;
-  std::vector<NodeName> probe_order_;
-  size_t probe_index_ = 0;
+  std::optional<Probe> probe_;        // the regular probe of this interval
+  std::optional<Probe> confirm_;      // a suspect's confirmation probe, beside it
+  std::vector<NodeName> ring_;        // every member but us, in probe order
+  size_t ring_index_ = 0;             // the next to probe
+  std::deque<NodeName> probe_first_;  // suspects others told us about, to confirm
   int64_t next_probe_t_ = 0;
+  uint64_t probe_count_ = 0;
   std::map<uint64_t, RelayState> relays_;  // by the seq of the ping we sent for the origin
   uint64_t seq_ = 0;
   int health_ = 0;
   int64_t next_gossip_t_ = 0;
+  int64_t last_gossip_t_ = 0;
   int64_t next_push_pull_t_ = 0;
   int64_t next_reconnect_t_ = 0;
+  int64_t next_unknown_sync_t_ = 0;
   std::vector<std::string> seeds_;
   size_t join_attempt_ = 0;
   int64_t next_join_t_ = 0;

@@ -105,7 +105,7 @@ enum class MessageType : uint8_t {
   kNack,          // seq: a relay's target did not answer within the relay's probe timeout
   kGossip,        // updates only; no answer
   kPushPull,      // updates: the sender's whole table; join: sent to a seed address (to empty)
-  kPushPullResp,  // updates: the receiver's whole table
+  kPushPullResp,  // updates: the receiver's whole table; join: answers a join
 };
 const char* MessageTypeName(MessageType type);
 
@@ -117,7 +117,7 @@ struct Message {
   uint64_t seq = 0;
   NodeName target;  // kPingReq
   std::string target_addr;
-  bool join = false;  // kPushPull
+  bool join = false;  // kPushPull, kPushPullResp
   std::vector<Update> updates;
   bool operator==(const Message&) const = default;
 };
@@ -145,14 +145,16 @@ struct Options {
   int64_t probe_interval_ms = 500;  // one probe per interval (scaled by health)
   int64_t probe_timeout_ms = 200;   // direct ack wait before ping-req (scaled by health)
   int indirect_checks = 3;          // relays asked per failed direct probe
+  // Every other probe targets our successor in name order (see the protocol notes above).
+  bool successor_probes = true;
   // Suspicion timeouts, in probe intervals, scaled by max(1, log10(n)): min = suspicion_mult
   // intervals, max = suspicion_max_mult * min; the timeout falls from max to min as
   // suspicion_confirmations (capped at n - 2) independent suspicions arrive. Defaults detect a
   // crashed node on every member within 3 s on a LAN (tests/sim/membership_sim.cc shows it).
-  double suspicion_mult = 2;
-  double suspicion_max_mult = 2;
+  double suspicion_mult = 1;
+  double suspicion_max_mult = 6;
   int suspicion_confirmations = 3;
-  int retransmit_mult = 4;           // each update is sent retransmit_mult * ceil(log10(n+1)) times
+  int retransmit_mult = 6;           // each update is sent retransmit_mult * ceil(log10(n+1)) times
   int awareness_max_multiplier = 8;  // health score stays below this
   int64_t gossip_interval_ms = 200;
   int gossip_fanout = 3;
@@ -230,6 +232,7 @@ struct Stats {
   uint64_t members_refused = 0;  // new members refused by a full table
   uint64_t stalls = 0;           // Ticks that found the agent stalled
   uint64_t join_attempts = 0;
+  uint64_t stale_corrected = 0;  // stale updates received that made us spread the newer state
 };
 
 class Membership {
@@ -283,7 +286,7 @@ class Membership {
 };
 
 // Lifeguard's dynamic suspicion timeout (pure; exposed for tests):
-// max(min, max - (max - min) * log(C + 1) / log(K + 1)); min when K <= 0.
+// max(min, max - (max - min) * log(C + 1) / log(K + 1)); (min + max) / 2 when K <= 0.
 int64_t SuspicionTimeoutMs(int64_t min_ms, int64_t max_ms, int confirmations, int k);
 
 }  // namespace constellation::membership
