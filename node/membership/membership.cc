@@ -659,12 +659,17 @@ class Membership::Impl {
       return;
     }
     const NodeName from = u.from.empty() ? o_.name : u.from;
+    if (rec.m.state == State::kSuspect && u.incarnation > rec.m.incarnation) {
+      // A suspicion of a newer incarnation is a new suspicion: the member refuted the old one
+      // (we missed its alive), so the old timer and confirmations no longer apply.
+      rec.m.incarnation = u.incarnation;
+      rec.suspicion = NewSuspicion(from);
+      ++stats_.suspicions;
+      QueueBroadcast(Update{State::kSuspect, u.node, "", u.incarnation, from});
+      return;
+    }
     if (rec.m.state == State::kSuspect) {
       bool news = false;
-      if (u.incarnation > rec.m.incarnation) {
-        rec.m.incarnation = u.incarnation;
-        news = true;
-      }
       Suspicion& s = *rec.suspicion;
       if (from != s.from && static_cast<int>(s.confirmations.size()) < s.k &&
           s.confirmations.insert(from).second) {
@@ -674,16 +679,7 @@ class Membership::Impl {
       return;
     }
     if (rec.m.state != State::kAlive) return;
-    const size_t n = live_members();
-    Suspicion s;
-    s.start = t_;
-    const double scale = std::max(1.0, std::log10(static_cast<double>(std::max<size_t>(n, 1))));
-    s.min_ms =
-        static_cast<int64_t>(o_.suspicion_mult * scale * static_cast<double>(o_.probe_interval_ms));
-    s.max_ms = static_cast<int64_t>(o_.suspicion_max_mult * static_cast<double>(s.min_ms));
-    s.k = std::clamp(static_cast<int>(n) - 2, 0, o_.suspicion_confirmations);
-    s.from = from;
-    rec.suspicion = std::move(s);
+    rec.suspicion = NewSuspicion(from);
     SetState(&rec, State::kSuspect, u.incarnation);
     // Probe it at once, beside the regular probe: our own verdict is an independent
     // confirmation (or, through the buddy system, the news that lets it refute), and
@@ -694,6 +690,19 @@ class Membership::Impl {
     }
     ++stats_.suspicions;
     QueueBroadcast(Update{State::kSuspect, u.node, "", u.incarnation, from});
+  }
+
+  Suspicion NewSuspicion(const NodeName& from) const {
+    const size_t n = live_members();
+    Suspicion s;
+    s.start = t_;
+    const double scale = std::max(1.0, std::log10(static_cast<double>(std::max<size_t>(n, 1))));
+    s.min_ms =
+        static_cast<int64_t>(o_.suspicion_mult * scale * static_cast<double>(o_.probe_interval_ms));
+    s.max_ms = static_cast<int64_t>(o_.suspicion_max_mult * static_cast<double>(s.min_ms));
+    s.k = std::clamp(static_cast<int>(n) - 2, 0, o_.suspicion_confirmations);
+    s.from = from;
+    return s;
   }
 
   void ApplyDead(const Update& u) {

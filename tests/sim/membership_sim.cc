@@ -50,10 +50,10 @@ class Rng {
   uint64_t s_;
 };
 
-constexpr int64_t kFormBoundMs = 6000;            // every node joined and known alive everywhere
+constexpr int64_t kFormBoundMs = 8000;            // every node joined and known alive everywhere
 constexpr int64_t kDetectionBoundMs = 3000;       // a crashed or paused node dead everywhere...
 constexpr double kDetectionBoundLoss = 0.05;      // ... while loss is at most this; above,
-constexpr int64_t kLossyDetectionBoundMs = 4000;  // a looser bound
+constexpr int64_t kLossyDetectionBoundMs = 5000;  // a looser bound
 constexpr int64_t kRejoinBoundMs = 5000;          // a restarted or resumed node alive everywhere
 constexpr int64_t kHealBoundMs = 12000;           // every live node alive everywhere after a heal
 constexpr int64_t kLeaveBoundMs = 3000;           // a node that left is `left` everywhere
@@ -205,7 +205,7 @@ class MembershipSim {
           len = 12000;
           break;
         case kPause:
-          len = 8000 + kRejoinBoundMs + 1000;
+          len = 9000 + kRejoinBoundMs + 1000;
           break;
         case kPartition:
           len = 8000 + kHealBoundMs + 1000;
@@ -259,7 +259,7 @@ class MembershipSim {
       }
       case kPause: {
         ++pauses_;
-        const int64_t len = rng_.Range(4000, 8000);
+        const int64_t len = rng_.Range(DetectionBound() + 1000, 9000);  // past the bound
         const uint64_t inc = n.core->incarnation();
         Trace("pause " + n.name + " for " + std::to_string(len) + " ms" + Healths());
         n.paused = true;

@@ -8,9 +8,10 @@
 // one another, each with its own checks:
 //
 //   crash      a node stops; every live member must hold it dead within 3 s (the detection
-//              bound; 4 s when the seed's loss is above 5%), and after an optional restart (new
+//              bound; 5 s when the seed's loss is above 5%), and after an optional restart (new
 //              core, incarnation 0, joining through a random member) alive again within 5 s
-//   pause      a node stops ticking and reading (SIGSTOP) for 4-8 s, its messages waiting for it:
+//   pause      a node stops ticking and reading (SIGSTOP) for 4-9 s (past the bound), its messages
+//   waiting:
 //              dead everywhere within the detection bound, alive again (a higher incarnation)
 //              within 5 s of resuming
 //   partition  two sides cut apart, both ways or one way only, for 2-8 s: after the heal every
