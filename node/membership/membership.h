@@ -7,15 +7,21 @@
 // The protocol (SWIM, Das et al. 2002; Lifeguard, Dadgar et al. 2018; the rules of HashiCorp's
 // memberlist where the papers are silent):
 //
-// - Probing. Every probe interval a node pings the next member of a shuffled round-robin list
-//   (alive and suspect members). Without an ack within the probe timeout it asks
-//   `indirect_checks` other members to ping the target for it (ping-req); a relay forwards the
-//   target's ack, or answers with a nack when the target stays silent. No ack by the end of the
-//   interval: the target becomes suspect.
+// - Probing. Every probe interval a node pings one live member: alternately its successor in
+//   name order (so every member is probed by its predecessor at least every other interval, which
+//   bounds the time until a crash is noticed) and the next member of a fixed ring in random order
+//   (new members inserted at random places: each is probed once per n - 1 ring probes). Without
+//   an ack within the probe timeout it asks `indirect_checks` other members to ping the target for
+//   it (ping-req); a relay forwards the target's ack, or answers with a nack when the target stays
+//   silent. No ack by the end of the interval (or every relay nacked): the target is suspect.
 // - Suspicion. A suspect member is declared dead when its suspicion timeout expires. The timeout
 //   starts at max and shrinks as independent confirmations (other members suspecting the same
 //   incarnation) arrive: max(min, max - (max-min)*log(C+1)/log(K+1)) (Lifeguard §IV-B), with
-//   min = suspicion_mult * max(1, log10(n)) * probe_interval and max = suspicion_max_mult * min.
+//   min = suspicion_mult * max(1, log10(n)) * probe_interval, max = suspicion_max_mult * min and
+//   K = min(suspicion_confirmations, n - 2); with K = 0 it is (min + max) / 2. Whoever hears of a
+//   suspicion probes the suspect at once, beside its regular probe (a confirmation probe): its
+//   failure is a confirmation; its success, through the buddy system below, makes the suspect
+//   refute. A suspicion of a newer incarnation replaces the old one (timer and confirmations).
 // - Incarnations. Only a member raises its own incarnation: told it is suspect or dead (or that
 //   an incarnation above its own is alive), it refutes with a higher one. Precedence (SWIM §4.2,
 //   as memberlist implements it), for a known member M at incarnation j in our view:
@@ -23,7 +29,9 @@
 //     suspect(i) overrides alive(j) if i >= j, suspect(j) if i > j; never dead or left;
 //     dead(i)    overrides alive/suspect(j) if i >= j; never left;
 //     left(i)    overrides alive/suspect/dead(j) if i >= j.
-//   Suspect, dead and left about an unknown member are ignored; alive adds it.
+//   Suspect, dead and left about an unknown member are ignored; alive adds it. (A push-pull's
+//   dead and left members are listed though, so every table agrees.) An update we hold newer
+//   news about makes us disseminate ours again (a refutation the sender missed).
 // - Local health awareness (Lifeguard §IV-A). A health score in [0, awareness_max_multiplier)
 //   scales the probe interval and the probe timeout by (score + 1). It rises by one per missed
 //   nack (or by one per failed probe when no relay could nack), by one per refutation of a
@@ -32,14 +40,17 @@
 // - Dissemination. Every update we learn is queued (one per member: a newer one replaces it) and
 //   piggybacked on pings, acks and gossip messages, fewest-sent first, up to
 //   retransmit_mult * ceil(log10(n + 1)) times. Gossip goes to `gossip_fanout` random members every
-//   gossip interval while updates are queued (also to members dead for less than gossip_to_dead_ms,
-//   so a paused node hears that it was declared dead). A message to a member we hold suspect or
+//   gossip interval while updates are queued, and at once (at most four times an interval) when
+//   one is a suspicion, a death or a leave; also to members dead for less than gossip_to_dead_ms,
+//   so a paused node hears that it was declared dead. A message to a member we hold suspect or
 //   dead carries that state first (Lifeguard's buddy system), so it can refute at once.
 // - Anti-entropy. Join sends our state to a seed address and merges its full state in reply
 //   (push-pull), retrying until a seed answers. Every push_pull_interval_ms we push-pull with a
 //   random live member, and every reconnect_interval_ms with a random dead one (for up to
-//   reconnect_timeout_ms), which heals a partition whose sides declared each other dead. A remote
-//   member's `dead` is merged as `suspect` (it gets a chance to refute), `left` as `left`.
+//   reconnect_timeout_ms), which heals a partition whose sides declared each other dead; and with
+//   any sender we have never heard of (its alive updates were lost), at most once an interval. A
+//   remote member's `dead` is merged as `suspect` (it gets a chance to refute), `left` as `left`.
+//   A seed's answer to a join is flagged `join`: only that ends the join's retries.
 // - Leave. Leave() marks us `left` (final for this incarnation) and gossips it; the agent keeps
 //   the core running (answering pings, gossiping) until pending_broadcasts() reaches 0 or a
 //   deadline passes, then stops.
@@ -48,8 +59,8 @@
 // to send it to, taken from the member table (or, for a join, the seed address with an empty `to`).
 // A member's address is what its own alive updates say; members() is the address book.
 //
-// Time. now_ms is any monotonic clock in milliseconds; it must never go backwards. The agent
-// should Tick at least every probe_timeout_ms / 4 (NextTickMs() says when the next timer is due).
+// Time. now_ms is any monotonic clock in milliseconds; it must never go backwards (CN_CHECK). The
+// agent should Tick at NextTickMs() at the latest (and every few ms is fine).
 // A Tick that comes more than stall_threshold_ms after the previous one means the agent was
 // stalled (a paused process, an overloaded machine): pending timers are pushed back by the gap
 // instead of firing all at once, and the health score rises.
@@ -150,7 +161,8 @@ struct Options {
   // Suspicion timeouts, in probe intervals, scaled by max(1, log10(n)): min = suspicion_mult
   // intervals, max = suspicion_max_mult * min; the timeout falls from max to min as
   // suspicion_confirmations (capped at n - 2) independent suspicions arrive. Defaults detect a
-  // crashed node on every member within 3 s on a LAN (tests/sim/membership_sim.cc shows it).
+  // crashed node on every member within 3 s on a LAN (tests/sim/membership_sim.h shows it;
+  // docs/architecture.md has the figures).
   double suspicion_mult = 1;
   double suspicion_max_mult = 6;
   int suspicion_confirmations = 3;

@@ -125,7 +125,6 @@ class MembershipSim {
     base_.unsafe_no_refute = o_.broken;
     if (o_.probe_interval_ms > 0) base_.probe_interval_ms = o_.probe_interval_ms;
     if (o_.probe_timeout_ms > 0) base_.probe_timeout_ms = o_.probe_timeout_ms;
-    if (std::getenv("SIM_NO_SUCCESSOR")) base_.successor_probes = false;
     for (int i = 0; i < n; ++i) {
       Node node;
       node.name = "n";  // (not "n" + to_string: GCC 12's -Wrestrict misfires on it at -O2)
