@@ -47,6 +47,7 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     kept in DATA/join_token (mode 0600)
   --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member)
   --token TOKEN     the join token that node printed
+  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60)
   --key FILE        this node's key pair (from `constellation keygen`; default: DATA/node.key,
                     made at first start)
   --write-timeout-ms N  a write not committed within N ms fails with EAGAIN (default 10000)
@@ -86,6 +87,7 @@ struct Flags {
   std::string key_file;
   bool bootstrap = false;
   int64_t write_timeout_ms = 10000;
+  int64_t join_timeout_s = 60;
   uint64_t log_keep = 10000;
 };
 
@@ -263,6 +265,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
     co.key_file = f.key_file;
     co.join = f.join;
     co.token = f.token;
+    co.join_timeout_ms = f.join_timeout_s * 1000;
     Result<std::unique_ptr<ClusterNode>> cn = ClusterNode::Start(co);
     if (!cn.ok()) {
       ready("cannot start the cluster transport on " + f.bind + ": " + cn.status().message());
@@ -421,6 +424,7 @@ int Main(int argc, char** argv) {
                                     {"key", required_argument, nullptr, 'k'},
                                     {"write-timeout-ms", required_argument, nullptr, 'w'},
                                     {"log-keep", required_argument, nullptr, 'K'},
+                                    {"join-timeout-s", required_argument, nullptr, 'J'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -453,6 +457,16 @@ int Main(int argc, char** argv) {
       case 'k':
         f.key_file = optarg;
         break;
+      case 'J': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 86400) {
+          fprintf(stderr, "constellationd: --join-timeout-s: \"%s\" is not 1..86400\n", optarg);
+          return 2;
+        }
+        f.join_timeout_s = v;
+        break;
+      }
       case 'w':
       case 'K': {
         char* end = nullptr;
