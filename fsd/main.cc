@@ -237,7 +237,8 @@ void PrintJoinToken(const Flags& f) {
 }
 
 // Runs the node; `ready` is called once the mount is serving. Returns the exit code.
-int Serve(const Flags& f, const std::function<void(const std::string& error)>& ready) {
+int Serve(const Flags& flags, const std::function<void(const std::string& error)>& ready) {
+  Flags f = flags;
   Status s = MkdirAll(f.data);
   Result<int> lock = s.ok() ? LockDataDir(f.data) : Result<int>(s);
   if (!lock.ok()) {
@@ -273,6 +274,7 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
     }
     cluster_node = std::move(cn).value();
     cluster_node->Configure(&ro);
+    f.addr = cluster_node->address();
   }
   Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
   if (!replica.ok()) {

@@ -358,12 +358,15 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Start(const ClusterNodeOptions
   if (!o.join.empty()) CN_RETURN_IF_ERROR(ParseJoinToken(o.token).status());
   ZmqTransportOptions to;
   to.bind_address = o.bind;
-  to.self_address = m.options.addr;
+  // A bind to port 0 (any free port) announces the port it got.
+  bool any_port = m.options.addr.ends_with(":0") || m.options.addr.ends_with(":*");
+  to.self_address = any_port ? "" : m.options.addr;
   to.curve.public_key = m.pub;
   to.curve.secret_key = m.sec;
   Impl* p = impl.get();
   to.authorize = [p](const std::string& key) { return p->Authorize(key); };
   CN_ASSIGN_OR_RETURN(m.transport, NewZmqTransport(to));
+  if (any_port) m.options.addr = m.transport->bound_address();
   m.transport->SetHandler(
       [p](const std::string& from, std::string body) { p->Receive(from, std::move(body)); });
   CN_LOG(Info) << "listening on " << m.transport->bound_address() << " as " << m.options.addr
