@@ -281,11 +281,17 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     ready("cannot open the data dir " + f.data + ": " + replica.status().message());
     return 1;
   }
+  // Whatever way Serve returns, the cluster stops feeding the replica before it goes.
+  struct DetachFirst {
+    ClusterNode* node;
+    ~DetachFirst() {
+      if (node != nullptr) node->Detach();
+    }
+  } detach_first{cluster_node.get()};
   if (cluster_node) {
     s = cluster_node->Attach(replica->get());
     if (!s.ok()) {
       ready(s.message());
-      cluster_node->Detach();
       return 1;
     }
   }
@@ -395,6 +401,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   front->reset();  // unmounts
   if (cluster_node) cluster_node->Detach();
   replica->reset();  // finishes the work in hand and closes the store
+  detach_first.node = nullptr;
   cluster_node.reset();
   close(*lock);
   if (!s.ok()) {

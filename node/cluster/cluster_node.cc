@@ -411,8 +411,13 @@ Status ClusterNode::Attach(Replica* replica) {
       return Status::InvalidArgument("this data dir was made to join a cluster; start with --join");
     }
     CN_RETURN_IF_ERROR(m.Join(replica));
-  } else if (!m.options.join.empty()) {
-    CN_LOG(Info) << "already a member of cluster " << st.cluster_id << "; --join ignored";
+  } else {
+    if (!m.options.join.empty()) {
+      CN_LOG(Info) << "already a member of cluster " << st.cluster_id << "; --join ignored";
+    }
+    // A member that was down catches up (from a snapshot if it is far behind) before it serves.
+    Status s = replica->ReadBarrier(m.options.join_timeout_ms);
+    if (!s.ok()) return Status(s.code(), "cannot catch up with the cluster: " + s.message());
   }
   // Admit this node (first start of a cluster), or record a new address or key.
   std::optional<MemberRecord> self = replica->state().GetMember(m.options.node_name);

@@ -982,6 +982,9 @@ class Raft::Impl {
         pr.BecomeReplicate();
         break;
       case Progress::kSnapshot:
+        // An acknowledgement from before the stream (delivered late) that still leaves the
+        // follower behind the log's start: keep streaming the snapshot rather than restart it.
+        if (pr.match < pr.snap.index && pr.match + 1 < log_.FirstIndex()) break;
         // Caught up by the snapshot (or already had it): replicate from here, or stream a newer
         // snapshot if the log has been compacted past it meanwhile.
         pr.BecomeProbe();

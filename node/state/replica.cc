@@ -510,7 +510,8 @@ struct Replica::Impl {
       CN_LOG(Warning) << "snapshot at " << applied << " failed: " << s.ToString();
       return;
     }
-    CN_LOG(Debug) << "snapshot at " << applied << "; log now starts at " << storage->FirstIndex();
+    CN_LOG(Info) << "snapshot at " << applied << " (" << storage->snapshot_meta().size
+                 << " bytes); the log now starts at " << storage->FirstIndex();
     std::lock_guard<std::mutex> l(mu);
     log_first = storage->FirstIndex();
     snapshot_index = applied;
@@ -697,8 +698,9 @@ Status Replica::Propose(Command command, std::string* result) {
   return waiter->verdict;
 }
 
-Status Replica::ReadBarrier() {
+Status Replica::ReadBarrier(int64_t timeout_ms) {
   Impl& m = *impl_;
+  if (timeout_ms <= 0) timeout_ms = m.options.propose_timeout_ms;
   if (m.sole_voter_leader.load()) return Status::Ok();
   auto waiter = std::make_shared<Waiter>();
   uint64_t id;
@@ -714,13 +716,13 @@ Status Replica::ReadBarrier() {
   }
   m.work_cv.notify_one();
   std::unique_lock<std::mutex> l(waiter->mu);
-  if (!waiter->cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms),
+  if (!waiter->cv.wait_for(l, std::chrono::milliseconds(timeout_ms),
                            [&] { return waiter->done; })) {
     l.unlock();
     std::lock_guard<std::mutex> ml(m.mu);
     m.read_waiters.erase(id);
     return Status::Unavailable("no read index from a leader within " +
-                               std::to_string(m.options.propose_timeout_ms) +
+                               std::to_string(timeout_ms) +
                                " ms: no quorum reachable from this node?");
   }
   return waiter->verdict;

@@ -113,8 +113,9 @@ class Replica {
   void Deliver(raft::Message m);
   // A linearizable read point (ReadIndex): returns once this node has applied everything committed
   // when it was called, so a read after it sees every write acknowledged before. Immediate on a
-  // node that is its cluster's only voter. Unavailable after propose_timeout_ms without a quorum.
-  Status ReadBarrier();
+  // node that is its cluster's only voter. Unavailable after `timeout_ms` (0: propose_timeout_ms)
+  // without a quorum.
+  Status ReadBarrier(int64_t timeout_ms = 0);
 
  private:
   struct Impl;

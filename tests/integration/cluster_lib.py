@@ -116,7 +116,7 @@ class Cluster:
         if len(names) != 1:
             return None
         name = names.pop()
-        if not name.startswith("n"):
+        if not name.startswith("n") or not name[1:].isdigit():
             return None
         k = int(name[1:])
         return k if k in among else None
@@ -162,7 +162,10 @@ class Cluster:
     def cleanup(self):
         if os.path.exists(os.path.join(self.dir, "cluster.json")):
             self.tool("down", check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("CN_KEEP"):
+            print(f"kept {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 EAGAIN = errno.EAGAIN
