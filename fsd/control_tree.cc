@@ -517,12 +517,12 @@ Result<std::string> ControlTree::ReadStatus(const Node&) {
   ReplicaStatus s = options_.replica->GetStatus();
   int64_t uptime_s = (options_.now_ms() - options_.start_ms) / 1000;
   size_t alive = options_.replica->state().GetNode(options_.node_name) ? 1 : 0;
-  return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " + (s.leader.empty() ? std::string("none") : s.leader) + "\nterm " +
-         std::to_string(s.term) + "\ncommit_index " + std::to_string(s.commit_index) +
-         "\napplied_index " + std::to_string(s.applied_index) + "\nnodes_alive " +
-         std::to_string(alive) + "\nhealth ok\nversion " + options_.version + "\nuptime_s " +
-         std::to_string(uptime_s) + "\n" +
-         (options_.cluster_status ? options_.cluster_status() : std::string());
+  return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " +
+         (s.leader.empty() ? std::string("none") : s.leader) + "\nterm " + std::to_string(s.term) +
+         "\ncommit_index " + std::to_string(s.commit_index) + "\napplied_index " +
+         std::to_string(s.applied_index) + "\nnodes_alive " + std::to_string(alive) +
+         "\nhealth ok\nversion " + options_.version + "\nuptime_s " + std::to_string(uptime_s) +
+         "\n" + (options_.cluster_status ? options_.cluster_status() : std::string());
 }
 
 Result<std::string> ControlTree::ReadAudit(const Node&) {

@@ -229,11 +229,11 @@ void PrintJoinToken(const Flags& f) {
   std::ifstream in(f.data + "/join_token");
   std::string token;
   if (!std::getline(in, token) || token.empty()) return;
-  printf("node %s listening on %s\njoin token (also in %s/join_token, mode 0600):\n  %s\n"
-         "join another node with:\n  constellationd --data DIR --mount DIR --bind HOST:PORT "
-         "--join %s --token %s\n",
-         f.name.c_str(), f.addr.c_str(), f.data.c_str(), token.c_str(), f.addr.c_str(),
-         token.c_str());
+  printf(
+      "node %s listening on %s\njoin token (also in %s/join_token, mode 0600):\n  %s\n"
+      "join another node with:\n  constellationd --data DIR --mount DIR --bind HOST:PORT "
+      "--join %s --token %s\n",
+      f.name.c_str(), f.addr.c_str(), f.data.c_str(), token.c_str(), f.addr.c_str(), token.c_str());
 }
 
 // Runs the node; `ready` is called once the mount is serving. Returns the exit code.
@@ -345,10 +345,9 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
         for (const std::string& s : v) out += (out.empty() ? "" : ",") + s;
         return out.empty() ? std::string("-") : out;
       };
-      return "role " + st.role + "\nvoters " + join(st.voters) + "\nlearners " +
-             join(st.learners) + "\naddr " + cluster_node->address() + "\npeers_refused " +
-             std::to_string(c.refused) + "\nhandshakes_failed " +
-             std::to_string(c.handshake_failed) + "\nmessages_malformed " +
+      return "role " + st.role + "\nvoters " + join(st.voters) + "\nlearners " + join(st.learners) +
+             "\naddr " + cluster_node->address() + "\npeers_refused " + std::to_string(c.refused) +
+             "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
              std::to_string(c.malformed) + "\n";
     };
   }

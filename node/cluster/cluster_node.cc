@@ -94,7 +94,7 @@ struct ClusterNode::Impl {
   std::shared_mutex replica_mu;  // guards `replica` (shared: use it; unique: attach/detach)
   Replica* replica = nullptr;
 
-  mutable std::mutex mu;  // guards the fields below
+  mutable std::mutex mu;                             // guards the fields below
   std::map<std::string, MemberRecord> join_members;  // by key: from a join reply or the token
   std::set<std::string> dead;
   std::map<std::string, std::pair<std::string, std::string>> peer_keys;  // addr → (server key)
@@ -211,8 +211,8 @@ struct ClusterNode::Impl {
     std::optional<MemberRecord> sender = MemberByKey(from_key);
     if (!sender || sender->name != w->raft.from || w->raft.to != options.node_name) {
       refused.fetch_add(1);
-      CN_LOG(Warning) << "dropped a raft message claiming to be from " << w->raft.from
-                      << " to " << w->raft.to << " sent with "
+      CN_LOG(Warning) << "dropped a raft message claiming to be from " << w->raft.from << " to "
+                      << w->raft.to << " sent with "
                       << (sender ? "the key of " + sender->name : "an unknown key");
       return;
     }
@@ -298,9 +298,8 @@ struct ClusterNode::Impl {
       Status s = transport->Send(options.join, EncodeJoinRequest(req));
       if (!s.ok()) CN_LOG(Debug) << "join request: " << s.ToString();
       std::unique_lock<std::mutex> l(mu);
-      reply_cv.wait_for(l, std::chrono::milliseconds(kJoinRetryMs), [&] {
-        return join_reply.has_value() || stopping;
-      });
+      reply_cv.wait_for(l, std::chrono::milliseconds(kJoinRetryMs),
+                        [&] { return join_reply.has_value() || stopping; });
       reply = join_reply;
       if (stopping) break;
     }
@@ -311,12 +310,12 @@ struct ClusterNode::Impl {
       peer_keys.erase(options.join);
     }
     if (!reply) {
-      return Status::Unavailable("no answer to the join request from " + options.join +
-                                 " within " + std::to_string(options.join_timeout_ms / 1000) +
+      return Status::Unavailable("no answer to the join request from " + options.join + " within " +
+                                 std::to_string(options.join_timeout_ms / 1000) +
                                  " s (is the address right, and the token the one it printed?)");
     }
-    if (!reply->ok) return Status::PermissionDenied("join refused by " + options.join + ": " +
-                                                    reply->error);
+    if (!reply->ok)
+      return Status::PermissionDenied("join refused by " + options.join + ": " + reply->error);
     {
       std::lock_guard<std::mutex> l(mu);
       for (const MemberRecord& m : reply->members) join_members[m.key] = m;

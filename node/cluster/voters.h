@@ -19,12 +19,12 @@
 namespace constellation {
 
 struct VoterPlanInput {
-  raft::Config config;                      // raft's configuration now
+  raft::Config config;                       // raft's configuration now
   std::vector<raft::PeerProgress> progress;  // the leader's view of every member
-  uint64_t last_index = 0;                  // the leader's last log index
-  std::vector<std::string> admitted;        // nodes the cluster admitted (replicated state)
-  std::set<std::string> dead;               // nodes the membership layer declared dead
-  uint64_t max_lag = 64;                    // a learner this close to last_index is caught up
+  uint64_t last_index = 0;                   // the leader's last log index
+  std::vector<std::string> admitted;         // nodes the cluster admitted (replicated state)
+  std::set<std::string> dead;                // nodes the membership layer declared dead
+  uint64_t max_lag = 64;                     // a learner this close to last_index is caught up
 };
 
 // The number of voters a cluster of `live` nodes should have: 1, 3 or 5.

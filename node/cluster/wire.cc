@@ -77,8 +77,8 @@ Result<WireMessage> DecodeWire(std::string_view in) {
   if (in.size() < 2) return Status::Corruption("wire: truncated header");
   if (static_cast<uint8_t>(in[0]) != kWireVersion) {
     return Status::NotSupported("wire: protocol version " +
-                                std::to_string(static_cast<uint8_t>(in[0])) + ", this node speaks " +
-                                std::to_string(kWireVersion));
+                                std::to_string(static_cast<uint8_t>(in[0])) +
+                                ", this node speaks " + std::to_string(kWireVersion));
   }
   WireMessage out;
   uint8_t kind = static_cast<uint8_t>(in[1]);

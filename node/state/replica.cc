@@ -402,17 +402,18 @@ struct Replica::Impl {
       for (raft::Entry& e : rd.committed_entries) unapplied.push_back(std::move(e));
       ApplyUnapplied();
     }
-    if (rd.snapshot || !rd.entries.empty() || rd.hard_state) {
+    // A hard state that only moves the commit index is not written on its own: raft learns the
+    // commit index again after a restart (from the leader, or by committing its own entries), and
+    // it goes along with the next entries anyway.
+    bool vote_changed = rd.hard_state && (rd.hard_state->term != durable_hs.term ||
+                                          rd.hard_state->vote != durable_hs.vote);
+    if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
       if (rd.snapshot) s = storage->StageSnapshot(*rd.snapshot, &batch);
       storage->StageEntries(rd.entries, &batch);
       if (rd.hard_state) storage->StageHardState(*rd.hard_state, &batch);
-      // A new commit index alone need not be synced: raft learns it again after a crash.
-      bool sync = rd.snapshot || !rd.entries.empty() ||
-                  (rd.hard_state && (rd.hard_state->term != durable_hs.term ||
-                                     rd.hard_state->vote != durable_hs.vote));
-      if (s.ok()) s = kv->Write(batch, sync);
+      if (s.ok()) s = kv->Write(batch, /*sync=*/true);
       if (!s.ok()) {
         CN_LOG(Error) << "log write failed: " << s.ToString();
         storage->DropStaged();
@@ -721,8 +722,7 @@ Status Replica::ReadBarrier(int64_t timeout_ms) {
     l.unlock();
     std::lock_guard<std::mutex> ml(m.mu);
     m.read_waiters.erase(id);
-    return Status::Unavailable("no read index from a leader within " +
-                               std::to_string(timeout_ms) +
+    return Status::Unavailable("no read index from a leader within " + std::to_string(timeout_ms) +
                                " ms: no quorum reachable from this node?");
   }
   return waiter->verdict;
