@@ -5,6 +5,7 @@ cluster/ whose data chunks live only on the node that wrote it is listed everywh
 to read (EIO) elsewhere without harming the node."""
 import errno
 import os
+import subprocess
 
 from cluster_lib import Cluster, eventually, fail, mkdir, read, write
 
@@ -36,8 +37,19 @@ if write(c.c(2, "instances", "i7", "ram_mb"), "777") != 0 or \
         read(c.c(2, "instances", "i7", "ram_mb")) != "777\n":
     fail("write on the learner", c)
 
-c.tool("add")
+# The third node brings its own key pair, made by `constellation keygen`.
+cli = os.environ["CONSTELLATION_CLI"]
+key_file = os.path.join(c.dir, "n3.key")
+r = subprocess.run([cli, "keygen", key_file], stdout=subprocess.PIPE, text=True, check=True)
+public = r.stdout.strip()
+if len(public) != 40 or os.stat(key_file).st_mode & 0o777 != 0o600:
+    fail(f"keygen: {public!r}, mode {oct(os.stat(key_file).st_mode)}", c)
+if subprocess.run([cli, "keygen", key_file], stderr=subprocess.DEVNULL).returncode == 0:
+    fail("keygen overwrote a key file", c)
+c.tool("add", "--", "--key", key_file)
 c.n = 3
+if f"(key {public})" not in read(c.log(3)):
+    fail("node 3 does not use the key from keygen", c)
 for k in (1, 2, 3):
     eventually(lambda: c.status(k)["voters"] == "n1,n2,n3" and c.status(k)["learners"] == "-",
                f"node {k} shows three voters", 20, c)
