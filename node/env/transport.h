@@ -38,8 +38,9 @@ struct TransportCounters {
   // peer whose address could not be connected to.
   uint64_t dropped = 0;
   uint64_t rejected = 0;  // Send calls refused (queue full, too many peers, too large)
-  // CURVE only: connections refused by the ZAP check (a key not admitted), and handshakes on the
-  // listening socket that failed otherwise (garbage bytes, a client using a wrong server key).
+  // CURVE only: connections refused by the ZAP check (a key not admitted), and connections to the
+  // listening socket that did not complete the handshake otherwise (garbage bytes, a client using
+  // a wrong server key; a handshake still under way counts until it completes).
   uint64_t refused = 0;
   uint64_t handshake_failed = 0;
 };

@@ -137,8 +137,7 @@ class ZmqTransportImpl final : public ZmqTransport {
         std::string monitor_endpoint =
             "inproc://cn-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this));
         if (zmq_socket_monitor(router_->handle(), monitor_endpoint.c_str(),
-                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                    ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
           throw zmq::error_t();
         }
@@ -242,7 +241,10 @@ class ZmqTransportImpl final : public ZmqTransport {
     c.dropped = dropped_.load(std::memory_order_relaxed);
     c.rejected = rejected_.load(std::memory_order_relaxed);
     c.refused = refused_.load(std::memory_order_relaxed);
-    c.handshake_failed = handshake_failed_.load(std::memory_order_relaxed);
+    uint64_t accepted = accepted_.load(std::memory_order_relaxed);
+    uint64_t done =
+        handshaken_.load(std::memory_order_relaxed) + denied_.load(std::memory_order_relaxed);
+    c.handshake_failed = accepted > done ? accepted - done : 0;
     return c;
   }
 
@@ -363,11 +365,12 @@ class ZmqTransportImpl final : public ZmqTransport {
       if (event.size() < 6) continue;
       uint16_t id;
       memcpy(&id, event.data(), 2);
-      // A ZAP denial also shows as an authentication failure; count it once, as refused.
-      if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) continue;
-      handshake_failed_.fetch_add(1, std::memory_order_relaxed);
-      CN_LOG(Warning) << "transport: a handshake on " << endpoint.to_string()
-                      << " failed (not a ZeroMQ CURVE peer of this cluster)";
+      // libzmq reports some failed handshakes (bytes that are not ZMTP at all) only as a
+      // disconnection, which does not say whether the handshake had completed; so failures are
+      // counted as accepted connections that neither completed it nor were refused by ZAP.
+      if (id == ZMQ_EVENT_ACCEPTED) accepted_.fetch_add(1, std::memory_order_relaxed);
+      if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) handshaken_.fetch_add(1, std::memory_order_relaxed);
+      if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) denied_.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -555,7 +558,9 @@ class ZmqTransportImpl final : public ZmqTransport {
   std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> refused_{0};
-  std::atomic<uint64_t> handshake_failed_{0};
+  std::atomic<uint64_t> accepted_{0};    // connections accepted by the router
+  std::atomic<uint64_t> handshaken_{0};  // ... that completed the CURVE handshake
+  std::atomic<uint64_t> denied_{0};      // ... that the ZAP check refused
 };
 
 bool IsZ85Key(const std::string& k) {

@@ -407,6 +407,23 @@ struct Replica::Impl {
     // it goes along with the next entries anyway.
     bool vote_changed = rd.hard_state && (rd.hard_state->term != durable_hs.term ||
                                           rd.hard_state->vote != durable_hs.vote);
+    // A leader's appends and heartbeats promise nothing about its own disk (it counts itself
+    // towards a commit only once its entries are durable: Advance), so they go out before its
+    // log write, and the followers' syncs overlap the leader's (Raft thesis §10.2.1). Every
+    // other message (votes, acknowledgements) waits for the write.
+    bool sent_entries_early = false;
+    if (options.send && raft->role() == raft::Role::kLeader) {
+      std::vector<raft::Message> later;
+      for (raft::Message& m : rd.messages) {
+        if (m.type == raft::MessageType::kAppend || m.type == raft::MessageType::kHeartbeat) {
+          sent_entries_early |= !m.entries.empty();
+          options.send(m);
+        } else {
+          later.push_back(std::move(m));
+        }
+      }
+      rd.messages = std::move(later);
+    }
     if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
@@ -417,8 +434,11 @@ struct Replica::Impl {
       if (!s.ok()) {
         CN_LOG(Error) << "log write failed: " << s.ToString();
         storage->DropStaged();
-        raft->PersistFailed();  // nothing of this Ready is sent
+        raft->PersistFailed();  // nothing more of this Ready is sent
+        // The writers of the lost entries get the error — unless the entries already went to
+        // followers, which may still commit them: then they wait for the outcome (or time out).
         for (const raft::Entry& e : rd.entries) {
+          if (sent_entries_early) break;
           if (e.type != raft::EntryType::kNormal || e.data.empty()) continue;
           Result<Command> c = DecodeCommand(e.data);
           if (c.ok() && c->node == options.node_name) Finish(c->request_id, s);
