@@ -2,6 +2,7 @@
 // the mounted tree; see docs/cli.md for the user-facing description.
 #include "ctl/cli.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <iostream>
 #include <span>
+#include <zmq.h>
 
 namespace constellation::ctl {
 namespace {
@@ -612,6 +614,39 @@ int CmdTop(Cli& cli, const Verb&, const Invocation& inv) {
   return kExitOk;
 }
 
+// `keygen [FILE]`: a node's CURVE key pair, for constellationd --key FILE. The only verb that
+// does not go through the mount; the key pair comes from libzmq (its CURVE implementation).
+int CmdKeygen(Cli& cli, const Verb&, const Invocation& inv) {
+  char pub[41], sec[41];
+  if (zmq_curve_keypair(pub, sec) != 0) {
+    cli.err() << "constellation: keygen: this libzmq has no CURVE support\n";
+    return kExitFailure;
+  }
+  std::string content = std::string("public ") + pub + "\nsecret " + sec + "\n";
+  if (inv.args.empty()) {
+    cli.out() << content;
+    return kExitOk;
+  }
+  const std::string& path = inv.args[0];
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    cli.err() << "constellation: keygen: " << path << ": " << strerror(errno)
+              << (errno == EEXIST ? " (a key file is never overwritten)" : "") << "\n";
+    return kExitFailure;
+  }
+  bool ok = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            fsync(fd) == 0;
+  int err = errno;
+  close(fd);
+  if (!ok) {
+    cli.err() << "constellation: keygen: " << path << ": " << strerror(err) << "\n";
+    unlink(path.c_str());
+    return kExitFailure;
+  }
+  cli.out() << pub << "\n";
+  return kExitOk;
+}
+
 // ---- the table ----
 
 const Verb kVerbs[] = {
@@ -621,6 +656,16 @@ const Verb kVerbs[] = {
      .usage = "help [VERB]",
      .help = "list the verbs, or print the usage of one",
      .handler = CmdHelp,
+     .needs_mount = false},
+    {.name = "keygen",
+     .min_args = 0,
+     .max_args = 1,
+     .usage = "keygen [FILE]",
+     .help = "make a node key pair (for constellationd --key FILE)",
+     .handler = CmdKeygen,
+     .details = "Writes \"public <key>\\nsecret <key>\\n\" (CURVE, Z85) to FILE, created with mode\n"
+                "0600 (an existing FILE is never overwritten), and prints the public key; without\n"
+                "FILE prints both lines. A node without --key makes DATA/node.key itself.",
      .needs_mount = false},
     {.name = "status",
      .min_args = 0,

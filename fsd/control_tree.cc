@@ -357,6 +357,11 @@ Result<std::string> ControlTree::Read(uint64_t ino) {
   if (n.file < 0 || files == nullptr) return Status(Code::kIsDirectory, "is a directory");
   const FileSpec& f = files[n.file];
   if (f.read == nullptr) return Status::PermissionDenied(std::string(f.name) + " is write-only");
+  // Replicated state is read linearizably (a ReadIndex round with the leader; free on a node that
+  // is its cluster's only voter). `status` and `error` are this node's own view: always readable.
+  if (f.read != &T::ReadStatus && f.read != &T::ReadError) {
+    CN_RETURN_IF_ERROR(options_.replica->ReadBarrier());
+  }
   return (this->*f.read)(n);
 }
 
@@ -512,11 +517,12 @@ Result<std::string> ControlTree::ReadStatus(const Node&) {
   ReplicaStatus s = options_.replica->GetStatus();
   int64_t uptime_s = (options_.now_ms() - options_.start_ms) / 1000;
   size_t alive = options_.replica->state().GetNode(options_.node_name) ? 1 : 0;
-  return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " + s.leader + "\nterm " +
-         std::to_string(s.term) + "\ncommit_index " + std::to_string(s.commit_index) +
-         "\napplied_index " + std::to_string(s.applied_index) + "\nnodes_alive " +
-         std::to_string(alive) + "\nhealth ok\nversion " + options_.version + "\nuptime_s " +
-         std::to_string(uptime_s) + "\n";
+  return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " +
+         (s.leader.empty() ? std::string("none") : s.leader) + "\nterm " + std::to_string(s.term) +
+         "\ncommit_index " + std::to_string(s.commit_index) + "\napplied_index " +
+         std::to_string(s.applied_index) + "\nnodes_alive " + std::to_string(alive) +
+         "\nhealth ok\nversion " + options_.version + "\nuptime_s " + std::to_string(uptime_s) +
+         "\n" + (options_.cluster_status ? options_.cluster_status() : std::string());
 }
 
 Result<std::string> ControlTree::ReadAudit(const Node&) {

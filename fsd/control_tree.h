@@ -66,6 +66,8 @@ struct ControlTreeOptions {
   std::function<Status(const std::string& level)> set_log_level;
   // `gc`: collects unreferenced chunks of cluster/ now.
   std::function<Status()> collect_garbage;
+  // More `key value` lines for `status` (the cluster's: role, voters, refused connections...).
+  std::function<std::string()> cluster_status;
 };
 
 class ControlTree {

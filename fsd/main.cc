@@ -24,6 +24,7 @@
 #include "fsd/control_tree.h"
 #include "fsd/fuse_front.h"
 #include "node/base/log.h"
+#include "node/cluster/cluster_node.h"
 #include "node/state/replica.h"
 
 namespace constellation {
@@ -38,7 +39,20 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
   --data DIR        data directory (created if missing); holds the state store and the lock
   --mount DIR       where to mount the tree (created if missing)
   --name NAME       this node's name (default: the hostname)
-  --addr HOST:PORT  the address this node announces to peers (default: 127.0.0.1:7400)
+  --addr HOST:PORT  the address this node announces to peers (default: --bind, else
+                    127.0.0.1:7400)
+  --bind HOST:PORT  listen for the cluster's nodes here (ZeroMQ, CURVE-encrypted); without it the
+                    node is a cluster of one that nothing can join
+  --bootstrap       start a new cluster (the default without --join); prints the join token, also
+                    kept in DATA/join_token (mode 0600)
+  --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member)
+  --token TOKEN     the join token that node printed
+  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60)
+  --key FILE        this node's key pair (from `constellation keygen`; default: DATA/node.key,
+                    made at first start)
+  --write-timeout-ms N  a write not committed within N ms fails with EAGAIN (default 10000)
+  --log-keep N      applied log entries kept for followers before the log is compacted into a
+                    snapshot (default 10000)
   --links           also create the links /constellation and /cluster into the mount
   --foreground      stay in the foreground (default: detach once the mount is ready)
   --log FILE        log file (default: DATA/constellationd.log; with --foreground, stderr)
@@ -66,6 +80,15 @@ struct Flags {
   int64_t chunk_grace_s = 3600;
   bool links = false;
   bool foreground = false;
+  bool addr_set = false;
+  std::string bind;
+  std::string join;
+  std::string token;
+  std::string key_file;
+  bool bootstrap = false;
+  int64_t write_timeout_ms = 10000;
+  int64_t join_timeout_s = 60;
+  uint64_t log_keep = 10000;
 };
 
 Result<LogLevel> ParseLogLevel(const std::string& s) {
@@ -201,8 +224,21 @@ int64_t NowMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+// Where others join: this node's address and its token (which lets the holder join: root only).
+void PrintJoinToken(const Flags& f) {
+  std::ifstream in(f.data + "/join_token");
+  std::string token;
+  if (!std::getline(in, token) || token.empty()) return;
+  printf(
+      "node %s listening on %s\njoin token (also in %s/join_token, mode 0600):\n  %s\n"
+      "join another node with:\n  constellationd --data DIR --mount DIR --bind HOST:PORT "
+      "--join %s --token %s\n",
+      f.name.c_str(), f.addr.c_str(), f.data.c_str(), token.c_str(), f.addr.c_str(), token.c_str());
+}
+
 // Runs the node; `ready` is called once the mount is serving. Returns the exit code.
-int Serve(const Flags& f, const std::function<void(const std::string& error)>& ready) {
+int Serve(const Flags& flags, const std::function<void(const std::string& error)>& ready) {
+  Flags f = flags;
   Status s = MkdirAll(f.data);
   Result<int> lock = s.ok() ? LockDataDir(f.data) : Result<int>(s);
   if (!lock.ok()) {
@@ -218,10 +254,46 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   ro.data_dir = f.data;
   ro.node_name = f.name;
   ro.reserve_bytes = f.reserve_mb << 20;
+  ro.propose_timeout_ms = f.write_timeout_ms;
+  ro.log_keep = f.log_keep;
+  std::unique_ptr<ClusterNode> cluster_node;
+  if (!f.bind.empty()) {
+    ClusterNodeOptions co;
+    co.data_dir = f.data;
+    co.node_name = f.name;
+    co.bind = f.bind;
+    co.addr = f.addr;
+    co.key_file = f.key_file;
+    co.join = f.join;
+    co.token = f.token;
+    co.join_timeout_ms = f.join_timeout_s * 1000;
+    Result<std::unique_ptr<ClusterNode>> cn = ClusterNode::Start(co);
+    if (!cn.ok()) {
+      ready("cannot start the cluster transport on " + f.bind + ": " + cn.status().message());
+      return 1;
+    }
+    cluster_node = std::move(cn).value();
+    cluster_node->Configure(&ro);
+    f.addr = cluster_node->address();
+  }
   Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
   if (!replica.ok()) {
     ready("cannot open the data dir " + f.data + ": " + replica.status().message());
     return 1;
+  }
+  // Whatever way Serve returns, the cluster stops feeding the replica before it goes.
+  struct DetachFirst {
+    ClusterNode* node;
+    ~DetachFirst() {
+      if (node != nullptr) node->Detach();
+    }
+  } detach_first{cluster_node.get()};
+  if (cluster_node) {
+    s = cluster_node->Attach(replica->get());
+    if (!s.ok()) {
+      ready(s.message());
+      return 1;
+    }
   }
   Command node;
   node.type = CommandType::kNodeUpdate;
@@ -264,6 +336,21 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   to.start_ms = NowMs();
   to.now_ms = NowMs;
   to.collect_garbage = [&cluster]() { return cluster.CollectGarbage().status(); };
+  if (cluster_node) {
+    to.cluster_status = [&replica, &cluster_node]() {
+      ReplicaStatus st = (*replica)->GetStatus();
+      ClusterCounters c = cluster_node->counters();
+      auto join = [](const std::vector<std::string>& v) {
+        std::string out;
+        for (const std::string& s : v) out += (out.empty() ? "" : ",") + s;
+        return out.empty() ? std::string("-") : out;
+      };
+      return "role " + st.role + "\nvoters " + join(st.voters) + "\nlearners " + join(st.learners) +
+             "\naddr " + cluster_node->address() + "\npeers_refused " + std::to_string(c.refused) +
+             "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
+             std::to_string(c.malformed) + "\n";
+    };
+  }
   to.set_log_level = [](const std::string& level) -> Status {
     CN_ASSIGN_OR_RETURN(LogLevel l, ParseLogLevel(level));
     SetLogLevel(l);
@@ -310,8 +397,11 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
   gc.join();
   fuse_remove_signal_handlers((*front)->session());
   CN_LOG(Info) << "shutting down";
-  front->reset();    // unmounts
+  front->reset();  // unmounts
+  if (cluster_node) cluster_node->Detach();
   replica->reset();  // finishes the work in hand and closes the store
+  detach_first.node = nullptr;
+  cluster_node.reset();
   close(*lock);
   if (!s.ok()) {
     CN_LOG(Error) << s.ToString();
@@ -335,6 +425,14 @@ int Main(int argc, char** argv) {
                                     {"version", no_argument, nullptr, 'V'},
                                     {"reserve-mb", required_argument, nullptr, 'r'},
                                     {"chunk-grace-s", required_argument, nullptr, 'g'},
+                                    {"bind", required_argument, nullptr, 'b'},
+                                    {"join", required_argument, nullptr, 'j'},
+                                    {"token", required_argument, nullptr, 't'},
+                                    {"bootstrap", no_argument, nullptr, 'B'},
+                                    {"key", required_argument, nullptr, 'k'},
+                                    {"write-timeout-ms", required_argument, nullptr, 'w'},
+                                    {"log-keep", required_argument, nullptr, 'K'},
+                                    {"join-timeout-s", required_argument, nullptr, 'J'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -350,7 +448,49 @@ int Main(int argc, char** argv) {
         break;
       case 'a':
         f.addr = optarg;
+        f.addr_set = true;
         break;
+      case 'b':
+        f.bind = optarg;
+        break;
+      case 'j':
+        f.join = optarg;
+        break;
+      case 't':
+        f.token = optarg;
+        break;
+      case 'B':
+        f.bootstrap = true;
+        break;
+      case 'k':
+        f.key_file = optarg;
+        break;
+      case 'J': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 86400) {
+          fprintf(stderr, "constellationd: --join-timeout-s: \"%s\" is not 1..86400\n", optarg);
+          return 2;
+        }
+        f.join_timeout_s = v;
+        break;
+      }
+      case 'w':
+      case 'K': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 100'000'000) {
+          fprintf(stderr, "constellationd: --%s: \"%s\" is not 1..100000000\n",
+                  c == 'w' ? "write-timeout-ms" : "log-keep", optarg);
+          return 2;
+        }
+        if (c == 'w') {
+          f.write_timeout_ms = v;
+        } else {
+          f.log_keep = static_cast<uint64_t>(v);
+        }
+        break;
+      }
       case 'L':
         f.links = true;
         break;
@@ -398,6 +538,15 @@ int Main(int argc, char** argv) {
     fprintf(stderr, "constellationd: --data and --mount are required\n\n%s", kUsage);
     return 2;
   }
+  if (!f.join.empty() && (f.bootstrap || f.token.empty() || f.bind.empty())) {
+    fprintf(stderr, "constellationd: --join needs --token and --bind, and not --bootstrap\n");
+    return 2;
+  }
+  if (f.bootstrap && f.bind.empty()) {
+    fprintf(stderr, "constellationd: --bootstrap needs --bind (the address others join)\n");
+    return 2;
+  }
+  if (!f.bind.empty() && !f.addr_set) f.addr = f.bind;
   if (f.name.empty()) {
     char host[256] = {0};
     gethostname(host, sizeof host - 1);
@@ -423,8 +572,13 @@ int Main(int argc, char** argv) {
     SetLogFd(fd);
   }
   if (f.foreground) {
-    return Serve(f, [](const std::string& error) {
-      if (!error.empty()) fprintf(stderr, "constellationd: %s\n", error.c_str());
+    return Serve(f, [&f](const std::string& error) {
+      if (!error.empty()) {
+        fprintf(stderr, "constellationd: %s\n", error.c_str());
+      } else if (!f.bind.empty()) {
+        PrintJoinToken(f);
+        fflush(stdout);
+      }
     });
   }
   // Detach, but report start-up success or failure through a pipe before the parent exits, so
@@ -453,6 +607,7 @@ int Main(int argc, char** argv) {
       fprintf(stderr, "constellationd: %s\n", msg.c_str());
       return 1;
     }
+    if (!f.bind.empty()) PrintJoinToken(f);
     return 0;
   }
   close(pipefd[0]);

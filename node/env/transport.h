@@ -1,8 +1,13 @@
 // The real message transport between nodes: ZeroMQ over TCP, behind env.h's Transport.
 //
 // Wire format: a DEALER (one per peer, outbound) sends two-frame messages [from][payload] to the
-// peer's ROUTER (inbound). `from` is the sender's self_address as the sender states it; nothing
-// authenticates it until CURVE lands (see ZmqTransportOptions::curve).
+// peer's ROUTER (inbound). `from` is the sender's self_address as the sender states it.
+//
+// Security (ZmqTransportOptions::curve): with CURVE keys every connection is encrypted and
+// authenticated. The ROUTER is a CURVE server whose ZAP handler (run on the I/O thread) asks
+// `authorize` whether the connecting key may connect; a refused key never gets a message through
+// (and is counted). The handler's `from` is then the sender's authenticated public key (Z85), not
+// its claimed address. A DEALER must know its peer's server key (SetPeerKey) before Send.
 //
 // Delivery: best effort, in order per (sender, receiver) pair while a connection lasts. Messages
 // can be lost when a connection drops, when a peer restarts, and when the transport shuts down
@@ -16,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +38,11 @@ struct TransportCounters {
   // peer whose address could not be connected to.
   uint64_t dropped = 0;
   uint64_t rejected = 0;  // Send calls refused (queue full, too many peers, too large)
+  // CURVE only: connections refused by the ZAP check (a key not admitted), and connections to the
+  // listening socket that did not complete the handshake otherwise (garbage bytes, a client using
+  // a wrong server key; a handshake still under way counts until it completes).
+  uint64_t refused = 0;
+  uint64_t handshake_failed = 0;
 };
 
 struct ZmqTransportOptions {
@@ -54,13 +65,16 @@ struct ZmqTransportOptions {
   // Distinct peers this node sends to (one socket each). 1..1000.
   size_t max_peers = 256;
 
-  // NOT YET USED: the seam for CURVE encryption and authentication (a later issue). Keys are
-  // Z85-encoded (40 characters). Until it is implemented, setting any of them makes
-  // NewZmqTransport fail with NotSupported rather than run unencrypted by surprise.
+  // CURVE: this node's key pair, Z85-encoded (40 characters each). Both empty: no encryption
+  // and no authentication (tests only).
   struct Curve {
     std::string public_key;
     std::string secret_key;
   } curve;
+  // With CURVE: whether a peer presenting this public key (Z85) may connect. Called on the I/O
+  // thread for every connection attempt; must be quick and must not call the transport. Null:
+  // every peer is refused.
+  std::function<bool(const std::string& public_key)> authorize;
 };
 
 class ZmqTransport : public Transport {
@@ -70,13 +84,25 @@ class ZmqTransport : public Transport {
   // The `from` this transport sends (ZmqTransportOptions::self_address, or bound_address()).
   virtual std::string self_address() const = 0;
   virtual TransportCounters counters() const = 0;
+  // With CURVE: the server key of the peer at `address` (needed before Send to it), and the client
+  // key pair to present to it when not this node's own (a joining node presents the join key).
+  // Changing them replaces the connection; messages still queued go over the new one.
+  virtual void SetPeerKey(const std::string& address, const std::string& server_key,
+                          const std::string& client_public = "",
+                          const std::string& client_secret = "") = 0;
 };
 
-// Binds, starts the I/O thread and returns. Errors: InvalidArgument for bad options or address,
-// NotSupported when CURVE keys are given, IoError (e.g. address in use) from ZeroMQ.
+// Binds, starts the I/O thread and returns. Errors: InvalidArgument for bad options, keys or
+// address, NotSupported when CURVE is asked for and libzmq lacks it, IoError (e.g. address in
+// use) from ZeroMQ.
 // Peer addresses given to Send are "host:port" (or "tcp://host:port"); an address that ZeroMQ
 // later refuses to connect to has its queued messages dropped and counted.
 Result<std::unique_ptr<ZmqTransport>> NewZmqTransport(const ZmqTransportOptions& options);
+
+// A new CURVE key pair (Z85 public, Z85 secret).
+Result<std::pair<std::string, std::string>> NewCurveKeyPair();
+// The public key of a Z85 secret key; InvalidArgument if it is not one.
+Result<std::string> CurvePublicKey(const std::string& secret_key);
 
 }  // namespace constellation
 

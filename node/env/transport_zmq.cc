@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -102,7 +103,10 @@ class ZmqTransportImpl final : public ZmqTransport {
     // The I/O thread is gone, so its sockets may be closed here. Linger is 0 on every socket:
     // pending messages are discarded and terminating the context cannot wait on them.
     peers_.clear();
+    if (monitor_) zmq_socket_monitor(router_->handle(), nullptr, 0);
+    monitor_.reset();
     router_.reset();
+    zap_.reset();
     ctx_.close();
     if (wake_fd_ >= 0) close(wake_fd_);
   }
@@ -119,7 +123,28 @@ class ZmqTransportImpl final : public ZmqTransport {
     if (wake_fd_ < 0) return Status::FromErrno(errno, "eventfd");
     try {
       ctx_.set(zmq::ctxopt::blocky, 0);
+      if (curve()) {
+        // The ZAP handler must be bound before the CURVE server accepts anyone.
+        zap_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::rep);
+        zap_->set(zmq::sockopt::linger, 0);
+        zap_->bind("inproc://zeromq.zap.01");
+      }
       router_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
+      if (curve()) {
+        router_->set(zmq::sockopt::curve_server, 1);
+        router_->set(zmq::sockopt::curve_secretkey, options_.curve.secret_key);
+        router_->set(zmq::sockopt::zap_domain, "constellation");
+        std::string monitor_endpoint =
+            "inproc://cn-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+        if (zmq_socket_monitor(router_->handle(), monitor_endpoint.c_str(),
+                               ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+          throw zmq::error_t();
+        }
+        monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
+        monitor_->set(zmq::sockopt::linger, 0);
+        monitor_->connect(monitor_endpoint);
+      }
       router_->set(zmq::sockopt::linger, 0);
       router_->set(zmq::sockopt::rcvhwm, static_cast<int>(options_.send_queue_limit));
       router_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.max_message_size) * 2);
@@ -166,6 +191,10 @@ class ZmqTransportImpl final : public ZmqTransport {
         it = peers_.emplace(*key, std::move(peer)).first;
       }
       Peer* peer = it->second.get();
+      if (curve() && peer->want.server.empty()) {
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        return Status::InvalidArgument("send to " + *key + ": no CURVE server key for it");
+      }
       if (peer->queue.size() >= options_.send_queue_limit) {
         rejected_.fetch_add(1, std::memory_order_relaxed);
         return Status::Unavailable("send to " + *key + ": queue full (" +
@@ -182,6 +211,21 @@ class ZmqTransportImpl final : public ZmqTransport {
     return Status::Ok();
   }
 
+  void SetPeerKey(const std::string& address, const std::string& server_key,
+                  const std::string& client_public, const std::string& client_secret) override {
+    Result<std::string> key = ParseTcpAddress(address, false);
+    if (!key.ok()) return;
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = peers_.find(*key);
+    if (it == peers_.end()) {
+      if (peers_.size() >= options_.max_peers) return;  // Send will say so
+      auto peer = std::make_unique<Peer>();
+      peer->address = *key;
+      it = peers_.emplace(*key, std::move(peer)).first;
+    }
+    it->second->want = Keys{server_key, client_public, client_secret};
+  }
+
   void SetHandler(Handler handler) override {
     auto h = handler ? std::make_shared<const Handler>(std::move(handler)) : nullptr;
     std::lock_guard<std::mutex> l(mu_);
@@ -196,12 +240,25 @@ class ZmqTransportImpl final : public ZmqTransport {
     c.received = received_.load(std::memory_order_relaxed);
     c.dropped = dropped_.load(std::memory_order_relaxed);
     c.rejected = rejected_.load(std::memory_order_relaxed);
+    c.refused = refused_.load(std::memory_order_relaxed);
+    uint64_t accepted = accepted_.load(std::memory_order_relaxed);
+    uint64_t done =
+        handshaken_.load(std::memory_order_relaxed) + denied_.load(std::memory_order_relaxed);
+    c.handshake_failed = accepted > done ? accepted - done : 0;
     return c;
   }
 
  private:
+  struct Keys {
+    std::string server;
+    std::string client_public;  // empty: this node's own pair
+    std::string client_secret;
+    bool operator==(const Keys&) const = default;
+  };
   struct Peer {
     std::string address;  // "host:port"; immutable
+    Keys want;            // guarded by mu_
+    Keys used;            // I/O thread only: the keys `socket` was made with
     // Guarded by mu_. Only Send appends and only the I/O thread pops, so the I/O thread may read
     // front() without the lock (deque appends do not move existing elements).
     std::deque<std::string> queue;
@@ -227,6 +284,10 @@ class ZmqTransportImpl final : public ZmqTransport {
       items.clear();
       items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
       items.push_back({router_->handle(), 0, ZMQ_POLLIN, 0});
+      if (curve()) {
+        items.push_back({zap_->handle(), 0, ZMQ_POLLIN, 0});
+        items.push_back({monitor_->handle(), 0, ZMQ_POLLIN, 0});
+      }
       for (Peer* p : pending) items.push_back({p->socket->handle(), 0, ZMQ_POLLOUT, 0});
       if (zmq_poll(items.data(), static_cast<int>(items.size()), -1) < 0) {
         CN_CHECK(errno == EINTR) << "zmq_poll: " << zmq_strerror(errno);
@@ -241,6 +302,75 @@ class ZmqTransportImpl final : public ZmqTransport {
         wake_pending_.store(false);
       }
       if (items[1].revents & ZMQ_POLLIN) Receive();
+      if (curve()) {
+        if (items[2].revents & ZMQ_POLLIN) AnswerZap();
+        if (items[3].revents & ZMQ_POLLIN) ReadMonitor();
+      }
+    }
+  }
+
+  bool curve() const { return !options_.curve.secret_key.empty(); }
+
+  // One ZAP request (RFC 27): [version][request id][domain][address][identity][mechanism]
+  // [credentials...]; answered 200 with the key as user id, or 400.
+  void AnswerZap() {
+    for (int i = 0; i < kReceiveBatch; ++i) {
+      std::vector<zmq::message_t> frames;
+      zmq::message_t f;
+      if (zmq_msg_recv(f.handle(), zap_->handle(), ZMQ_DONTWAIT) < 0) return;
+      bool more = f.more();
+      frames.push_back(std::move(f));
+      while (more && frames.size() < 16) {
+        zmq::message_t g;
+        if (zmq_msg_recv(g.handle(), zap_->handle(), 0) < 0) break;
+        more = g.more();
+        frames.push_back(std::move(g));
+      }
+      std::string version = frames.size() > 0 ? frames[0].to_string() : "";
+      std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
+      std::string key;
+      bool ok = false;
+      if (frames.size() >= 7 && version == "1.0" && frames[5].to_string() == "CURVE" &&
+          frames[6].size() == 32) {
+        char z85[41];
+        zmq_z85_encode(z85, static_cast<const uint8_t*>(frames[6].data()), 32);
+        key = z85;
+        ok = options_.authorize && options_.authorize(key);
+      }
+      if (!ok) {
+        refused_.fetch_add(1, std::memory_order_relaxed);
+        CN_LOG(Warning) << "transport: refused a connection"
+                        << (frames.size() > 3 ? " from " + frames[3].to_string() : std::string())
+                        << (key.empty() ? std::string() : " with key " + key)
+                        << ": not admitted to the cluster";
+      }
+      std::string code = ok ? "200" : "400";
+      std::string text = ok ? "OK" : "not admitted";
+      const std::string* parts[] = {&version, &request_id, &code, &text, &key};
+      for (const std::string* p : parts) {
+        zmq::message_t m(p->data(), p->size());
+        zmq_msg_send(m.handle(), zap_->handle(), ZMQ_SNDMORE);
+      }
+      zmq::message_t metadata;
+      zmq_msg_send(metadata.handle(), zap_->handle(), 0);
+    }
+  }
+
+  // Monitor events: [event id (2 bytes) + value (4 bytes)][endpoint].
+  void ReadMonitor() {
+    for (int i = 0; i < kReceiveBatch; ++i) {
+      zmq::message_t event, endpoint;
+      if (zmq_msg_recv(event.handle(), monitor_->handle(), ZMQ_DONTWAIT) < 0) return;
+      if (event.more()) zmq_msg_recv(endpoint.handle(), monitor_->handle(), 0);
+      if (event.size() < 6) continue;
+      uint16_t id;
+      memcpy(&id, event.data(), 2);
+      // libzmq reports some failed handshakes (bytes that are not ZMTP at all) only as a
+      // disconnection, which does not say whether the handshake had completed; so failures are
+      // counted as accepted connections that neither completed it nor were refused by ZAP.
+      if (id == ZMQ_EVENT_ACCEPTED) accepted_.fetch_add(1, std::memory_order_relaxed);
+      if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) handshaken_.fetch_add(1, std::memory_order_relaxed);
+      if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) denied_.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -262,6 +392,10 @@ class ZmqTransportImpl final : public ZmqTransport {
         std::lock_guard<std::mutex> l(mu_);
         if (p->queue.empty()) return false;
         message = &p->queue.front();
+      }
+      if (p->socket && curve()) {
+        std::lock_guard<std::mutex> l(mu_);
+        if (!(p->want == p->used)) p->socket.reset();
       }
       if (!p->socket) {
         Status s = Connect(p);
@@ -302,6 +436,20 @@ class ZmqTransportImpl final : public ZmqTransport {
       s->set(zmq::sockopt::heartbeat_ivl, kHeartbeatIvlMs);
       s->set(zmq::sockopt::heartbeat_timeout, kHeartbeatTimeoutMs);
       if (IsIpv6(p->address)) s->set(zmq::sockopt::ipv6, 1);
+      if (curve()) {
+        Keys keys;
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          keys = p->want;
+        }
+        if (keys.server.empty()) return Status::InvalidArgument("no CURVE server key");
+        s->set(zmq::sockopt::curve_serverkey, keys.server);
+        s->set(zmq::sockopt::curve_publickey,
+               keys.client_public.empty() ? options_.curve.public_key : keys.client_public);
+        s->set(zmq::sockopt::curve_secretkey,
+               keys.client_secret.empty() ? options_.curve.secret_key : keys.client_secret);
+        p->used = keys;
+      }
       s->connect(endpoint);
       p->socket = std::move(s);
     } catch (const zmq::error_t& e) {
@@ -370,8 +518,18 @@ class ZmqTransportImpl final : public ZmqTransport {
         dropped_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
+      std::string sender = from.to_string();
+      if (curve()) {
+        // The authenticated key the ZAP handler gave as user id, not the claimed address.
+        const char* user = zmq_msg_gets(body.handle(), "User-Id");
+        if (user == nullptr || strlen(user) != 40) {
+          dropped_.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        sender = user;
+      }
       received_.fetch_add(1, std::memory_order_relaxed);
-      (*handler)(from.to_string(), body.to_string());
+      (*handler)(sender, body.to_string());
     }
   }
 
@@ -381,7 +539,9 @@ class ZmqTransportImpl final : public ZmqTransport {
   int wake_fd_ = -1;
   // Declared before the sockets so that it outlives them.
   zmq::context_t ctx_;
-  std::unique_ptr<zmq::socket_t> router_;  // I/O thread only, once started
+  std::unique_ptr<zmq::socket_t> zap_;      // CURVE: the ZAP handler (I/O thread only)
+  std::unique_ptr<zmq::socket_t> router_;   // I/O thread only, once started
+  std::unique_ptr<zmq::socket_t> monitor_;  // CURVE: the router's handshake events
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> wake_pending_{false};  // an eventfd write is already on its way
@@ -397,11 +557,26 @@ class ZmqTransportImpl final : public ZmqTransport {
   std::atomic<uint64_t> received_{0};
   std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> accepted_{0};    // connections accepted by the router
+  std::atomic<uint64_t> handshaken_{0};  // ... that completed the CURVE handshake
+  std::atomic<uint64_t> denied_{0};      // ... that the ZAP check refused
 };
+
+bool IsZ85Key(const std::string& k) {
+  if (k.size() != 40) return false;
+  uint8_t out[32];
+  return zmq_z85_decode(out, k.c_str()) != nullptr;
+}
 
 Status ValidateOptions(const ZmqTransportOptions& o) {
   if (!o.curve.public_key.empty() || !o.curve.secret_key.empty()) {
-    return Status::NotSupported("transport: CURVE security is not implemented yet");
+    if (!zmq_has("curve")) {
+      return Status::NotSupported("transport: this libzmq was built without CURVE");
+    }
+    if (!IsZ85Key(o.curve.public_key) || !IsZ85Key(o.curve.secret_key)) {
+      return Status::InvalidArgument("transport: CURVE keys must be 40-character Z85 strings");
+    }
   }
   if (o.send_queue_limit < 1 || o.send_queue_limit > 1'000'000) {
     return Status::InvalidArgument("transport: send_queue_limit must be 1..1000000");
@@ -420,6 +595,23 @@ Status ValidateOptions(const ZmqTransportOptions& o) {
 }
 
 }  // namespace
+
+Result<std::pair<std::string, std::string>> NewCurveKeyPair() {
+  char pub[41], sec[41];
+  if (zmq_curve_keypair(pub, sec) != 0) {
+    return Status::NotSupported(std::string("CURVE key pair: ") + zmq_strerror(errno));
+  }
+  return std::make_pair(std::string(pub), std::string(sec));
+}
+
+Result<std::string> CurvePublicKey(const std::string& secret_key) {
+  if (!IsZ85Key(secret_key)) return Status::InvalidArgument("not a Z85 CURVE secret key");
+  char pub[41];
+  if (zmq_curve_public(pub, secret_key.c_str()) != 0) {
+    return Status::InvalidArgument(std::string("CURVE public key: ") + zmq_strerror(errno));
+  }
+  return std::string(pub);
+}
 
 Result<std::unique_ptr<ZmqTransport>> NewZmqTransport(const ZmqTransportOptions& options) {
   CN_RETURN_IF_ERROR(ValidateOptions(options));

@@ -982,6 +982,9 @@ class Raft::Impl {
         pr.BecomeReplicate();
         break;
       case Progress::kSnapshot:
+        // An acknowledgement from before the stream (delivered late) that still leaves the
+        // follower behind the log's start: keep streaming the snapshot rather than restart it.
+        if (pr.match < pr.snap.index && pr.match + 1 < log_.FirstIndex()) break;
         // Caught up by the snapshot (or already had it): replicate from here, or stream a newer
         // snapshot if the log has been compacted past it meanwhile.
         pr.BecomeProbe();
@@ -1286,6 +1289,53 @@ class Raft::Impl {
     return Status::Ok();
   }
 
+  size_t ProposeBatch(std::vector<std::string> data, Status* refused) {
+    CN_CHECK(!ready_outstanding_) << "ProposeBatch between GetReady and Advance";
+    std::vector<Entry> ents;
+    uint64_t bytes = uncommitted_bytes_;
+    *refused = Status::Ok();
+    for (std::string& d : data) {
+      if (d.size() > opts_.max_entry_bytes) {
+        *refused = Status::TooLarge("raft: entry of " + std::to_string(d.size()) +
+                                    " bytes exceeds max_entry_bytes (" +
+                                    std::to_string(opts_.max_entry_bytes) + ")");
+        break;
+      }
+      if (role_ != Role::kLeader && lead_.empty()) {
+        *refused = Status::Unavailable("raft: no leader; retry");
+        break;
+      }
+      if (role_ == Role::kLeader && bytes > 0 && bytes + d.size() > opts_.max_uncommitted_bytes) {
+        *refused = Status::Unavailable("raft: too much uncommitted data; retry");
+        break;
+      }
+      bytes += d.size();
+      ents.push_back(Entry{0, 0, EntryType::kNormal, std::move(d)});
+    }
+    size_t taken = ents.size();
+    if (taken == 0) return 0;
+    if (role_ != Role::kLeader) {
+      // Forward in messages of at most max_append_bytes (and at least one entry).
+      std::vector<Entry> part;
+      uint64_t part_bytes = 0;
+      for (Entry& e : ents) {
+        if (!part.empty() && (part_bytes + e.data.size() > opts_.max_append_bytes ||
+                              part.size() >= kMaxEntriesPerMessage)) {
+          Forward(part);
+          part.clear();
+          part_bytes = 0;
+        }
+        part_bytes += e.data.size();
+        part.push_back(std::move(e));
+      }
+      if (!part.empty()) Forward(part);
+      return taken;
+    }
+    AppendEntries(std::move(ents));
+    BroadcastAppend();
+    return taken;
+  }
+
   Status ProposeConfChange(const ConfChange& cc) {
     CN_CHECK(!ready_outstanding_) << "ProposeConfChange between GetReady and Advance";
     if (role_ != Role::kLeader) {
@@ -1531,6 +1581,9 @@ Status Raft::Campaign() {
   return Status::Ok();
 }
 Status Raft::Propose(std::string data) { return impl_->Propose(std::move(data)); }
+size_t Raft::ProposeBatch(std::vector<std::string> data, Status* refused) {
+  return impl_->ProposeBatch(std::move(data), refused);
+}
 Status Raft::ProposeConfChange(const ConfChange& cc) { return impl_->ProposeConfChange(cc); }
 Status Raft::ReadIndex(std::string context) { return impl_->ReadIndex(std::move(context)); }
 bool Raft::HasReady() const { return impl_->HasReady(); }

@@ -333,6 +333,10 @@ class Raft {
   // accepted, not committed: watch committed_entries. Unavailable: no leader known, or too much
   // uncommitted data. TooLarge: over max_entry_bytes.
   Status Propose(std::string data);
+  // Propose for several entries at once: one round of append messages for all of them (batching).
+  // Entries are taken in order until one is refused; returns how many were taken and, when fewer
+  // than all, sets `refused` to why.
+  size_t ProposeBatch(std::vector<std::string> data, Status* refused);
   // Leader only (NotPermitted otherwise). Busy while an earlier change is uncommitted or this
   // leader has not yet committed an entry of its term (the thesis' one-at-a-time rule and its
   // fix). InvalidArgument when the change makes no sense for the current configuration (adding a

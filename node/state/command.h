@@ -37,8 +37,10 @@ enum class CommandType : uint16_t {
   kAuditOnly = 9,       // a write refused before it reached the log: recorded in audit only
   kNoop = 10,           // changes nothing (leader confirmation, tests)
   kFs = 11,             // value = an encoded FsOp (node/dfs/meta.h): cluster/ metadata
+  kNodeAdmit = 12,      // object = node; value = "key=<Z85 public key>\naddr=<host:port>": the
+                        // node may connect (its key passes every node's ZAP check) and join raft
 };
-inline constexpr uint16_t kMaxCommandType = 11;
+inline constexpr uint16_t kMaxCommandType = 12;
 
 struct Command {
   CommandType type = CommandType::kNoop;

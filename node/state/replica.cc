@@ -3,19 +3,19 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
 
 #include "node/base/coding.h"
 #include "node/base/log.h"
-#include "node/state/consensus.h"
+#include "node/state/raft_storage.h"
 
 namespace constellation {
 namespace {
 
-constexpr int64_t kTickMs = 100;
-constexpr size_t kReplayBatch = 1000;
+constexpr size_t kReadyRounds = 8;  // Readys handled per wake-up before new work is taken in
 
 struct Waiter {
   std::mutex mu;
@@ -25,19 +25,78 @@ struct Waiter {
   std::string result;
 };
 
-std::string EncodeEntry(const LogEntry& e) {
-  Writer w;
-  w.Fixed64(e.term);
-  w.out().append(e.data);
-  return w.Take();
+void Wake(const std::shared_ptr<Waiter>& w, const Status& verdict, std::string result = {}) {
+  std::lock_guard<std::mutex> l(w->mu);
+  w->done = true;
+  w->verdict = verdict;
+  w->result = std::move(result);
+  w->cv.notify_all();
 }
 
-std::string EncodeHardState(const HardState& hs) {
-  Writer w;
-  w.Fixed64(hs.term);
-  w.Bytes(hs.vote);
-  w.Fixed64(hs.commit);
-  return w.Take();
+size_t MessageBytes(const raft::Message& m) {
+  size_t n = 128 + m.context.size() + m.chunk.size();
+  for (const raft::Entry& e : m.entries) n += 32 + e.data.size();
+  return n;
+}
+
+// A format-1 store (one voter; log entries without a type; the old hard-state encoding) is
+// rewritten as format 2 in one synced batch: entries gain the normal type, the hard state takes
+// raft's encoding, and a snapshot at the applied index covers the compacted prefix (a node that
+// joins later may need it). Every format-1 entry has the same term (the single voter never
+// changed terms).
+Status UpgradeFormat1(KvStore* kv, const std::string& self) {
+  std::string v;
+  uint64_t term = 1, commit = 0;
+  if (kv->Get(keys::kHardState, &v).ok()) {
+    Reader r(v);
+    std::string vote;
+    uint64_t t = 0;
+    if (!r.Fixed64(&t) || !r.Bytes(&vote, 4096) || !r.Fixed64(&commit)) {
+      return Status::Corruption("format 1 upgrade: malformed hard state");
+    }
+    term = std::max<uint64_t>(t, 1);
+  }
+  uint64_t applied = 0, first = 1;
+  if (kv->Get(keys::kApplied, &v).ok()) applied = FromBigEndian64(v);
+  if (kv->Get(keys::kLogFirst, &v).ok()) first = FromBigEndian64(v);
+  KvStore::Batch b;
+  uint64_t last = first - 1;
+  Status bad;
+  CN_RETURN_IF_ERROR(kv->Scan(keys::kLogPrefix, "l0", [&](std::string_view k, std::string_view d) {
+    uint64_t index = FromBigEndian64(k.substr(2));
+    Reader r(d);
+    uint64_t t = 0;
+    if (index != last + 1 || !r.Fixed64(&t)) {
+      bad = Status::Corruption("format 1 upgrade: gap or malformed entry at " +
+                               std::to_string(index));
+      return false;
+    }
+    b.Put(k, KvRaftStorage::EncodeEntry(
+                 raft::Entry{index, t, raft::EntryType::kNormal, std::string(d.substr(8))}));
+    last = index;
+    return true;
+  }));
+  CN_RETURN_IF_ERROR(bad);
+  if (applied + 1 < first || applied > last) {
+    return Status::Corruption("format 1 upgrade: applied index " + std::to_string(applied) +
+                              " outside the log " + std::to_string(first) + ".." +
+                              std::to_string(last));
+  }
+  raft::Config config;
+  config.voters = {self};
+  if (applied > 0) {
+    CN_RETURN_IF_ERROR(KvRaftStorage::StageStoreSnapshot(kv, applied, term, config, &b).status());
+    if (first - 1 != applied) b.Put("r/prev_term", BigEndian64(term));
+  } else {
+    b.Put("r/snap", raft::EncodeSnapshotMeta(raft::SnapshotMeta{0, 0, config, 0}));
+  }
+  // Everything durable was committed: the single voter had it.
+  b.Put(keys::kHardState, raft::EncodeHardState(raft::HardState{term, self, last}));
+  b.Put(keys::kFormat, std::to_string(kStateFormatVersion));
+  CN_RETURN_IF_ERROR(kv->Write(b, /*sync=*/true));
+  CN_LOG(Info) << "upgraded the store from format 1 to " << kStateFormatVersion << " (log " << first
+               << ".." << last << ", applied " << applied << ")";
+  return Status::Ok();
 }
 
 }  // namespace
@@ -48,22 +107,56 @@ struct Replica::Impl {
   std::unique_ptr<KvStore> kv;
   StateMachine state;
   EventHub events;
-  std::unique_ptr<Consensus> consensus;  // agent thread only
+  std::unique_ptr<KvRaftStorage> storage;  // agent thread only (after Open)
+  std::unique_ptr<raft::Raft> raft;        // agent thread only (after Open)
 
   mutable std::mutex mu;  // guards the fields below
   std::condition_variable work_cv;
-  std::deque<std::pair<Command, std::shared_ptr<Waiter>>> pending;
+  std::condition_variable applied_cv;
+  std::deque<Command> pending;
   std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
+  std::deque<raft::Message> inbound;
+  size_t inbound_bytes = 0;
+  uint64_t inbound_dropped = 0;
+  std::deque<uint64_t> new_reads;
+  std::unordered_map<uint64_t, std::shared_ptr<Waiter>> read_waiters;
   uint64_t next_request_id = 1;
+  uint64_t next_read_id = 1;
   bool stopping = false;
-  std::atomic<bool> compact_requested{false};
+  bool compact_requested = false;
+  // A mirror of raft's state for GetStatus.
   uint64_t term = 0;
   uint64_t commit_index = 0;
   uint64_t log_first = 1;
+  uint64_t snapshot_index = 0;
+  std::string leader;
+  std::string role;
+  raft::Config config;
+  std::atomic<bool> sole_voter_leader{false};
 
-  std::vector<LogEntry> unapplied;  // committed but not yet applied (agent thread only)
-  int64_t apply_backoff_ms = 0;     // agent thread only
-  uint64_t durable_index = 0;       // last log index known durable (agent thread only)
+  // Agent thread only.
+  struct Held {
+    uint64_t id;
+    std::string data;
+  };
+  std::deque<Held> held;  // proposals waiting for a leader, in request-id order
+  struct Inflight {
+    std::string data;
+    int64_t at_ms;
+    std::string leader;
+  };
+  std::map<uint64_t, Inflight> inflight;  // proposed, not yet applied
+  struct Read {
+    bool issued = false;
+    int64_t at_ms = 0;
+    std::string leader;
+    std::optional<uint64_t> index;
+  };
+  std::map<uint64_t, Read> reads;
+  std::vector<raft::Entry> unapplied;  // committed but not yet applied
+  int64_t apply_backoff_ms = 0;
+  std::string last_leader;
+  raft::HardState durable_hs;
   std::thread agent;
 
   Impl(const ReplicaOptions& o)
@@ -72,7 +165,13 @@ struct Replica::Impl {
         state(StateMachineOptions{o.audit_keep}),
         events(o.event_capacity) {}
 
+  bool HasWaiter(uint64_t id) {
+    std::lock_guard<std::mutex> l(mu);
+    return waiters.count(id) > 0;
+  }
+
   void Finish(uint64_t request_id, const Status& verdict, std::string result = {}) {
+    inflight.erase(request_id);
     std::shared_ptr<Waiter> w;
     {
       std::lock_guard<std::mutex> l(mu);
@@ -81,16 +180,12 @@ struct Replica::Impl {
       w = std::move(it->second);
       waiters.erase(it);
     }
-    std::lock_guard<std::mutex> l(w->mu);
-    w->done = true;
-    w->verdict = verdict;
-    w->result = std::move(result);
-    w->cv.notify_all();
+    Wake(w, verdict, std::move(result));
   }
 
   // Applies `entries` in one batch. On a storage failure nothing is applied and the entries stay
   // queued for the next round.
-  Status ApplyEntries(std::vector<LogEntry>* entries, bool answer) {
+  Status ApplyEntries(std::vector<raft::Entry>* entries) {
     if (entries->empty()) return Status::Ok();
     KvStore::Batch batch;
     std::vector<std::string> lines;
@@ -100,7 +195,21 @@ struct Replica::Impl {
       std::string result;
     };
     std::vector<Answer> answers;
-    for (const LogEntry& e : *entries) {
+    for (const raft::Entry& e : *entries) {
+      if (e.type != raft::EntryType::kNormal || e.data.empty()) {
+        // A new leader's no-op or a configuration change (raft has applied it to its
+        // configuration already): only the applied index moves.
+        if (e.type == raft::EntryType::kConfChange) {
+          Result<raft::ConfChange> cc = raft::DecodeConfChange(e.data);
+          if (cc.ok()) {
+            CN_LOG(Info) << "configuration at " << e.index << ": " << cc->config.ToString();
+          }
+        }
+        Command noop;
+        noop.type = CommandType::kNoop;
+        (void)state.Apply(e.index, noop, &batch, &lines, nullptr);
+        continue;
+      }
       Result<Command> c = DecodeCommand(e.data);
       CN_CHECK(c.ok()) << "log entry " << e.index << " cannot be applied: " << c.status().ToString()
                        << " (was it written by a newer daemon? upgrade this node)";
@@ -111,22 +220,6 @@ struct Replica::Impl {
       }
     }
     state.StageInto(&batch);
-    uint64_t applied = entries->back().index;
-    uint64_t first;
-    {
-      std::lock_guard<std::mutex> l(mu);
-      first = log_first;
-    }
-    uint64_t compact_to = 0;  // drop log entries [first, compact_to)
-    if (compact_requested) {
-      compact_to = applied + 1;
-    } else if (applied >= first + 2 * options.log_keep) {
-      compact_to = applied + 1 - options.log_keep;
-    }
-    if (compact_to > first) {
-      for (uint64_t i = first; i < compact_to; ++i) batch.Delete(keys::kLogPrefix + BigEndian64(i));
-      batch.Put(keys::kLogFirst, BigEndian64(compact_to));
-    }
     Status s = kv->Write(batch, /*sync=*/false);
     if (!s.ok()) {
       state.DropStaged();
@@ -134,21 +227,16 @@ struct Replica::Impl {
     }
     state.CommitStaged();
     entries->clear();
-    {
-      std::lock_guard<std::mutex> l(mu);
-      if (compact_to > first) log_first = compact_to;
-      compact_requested = false;
-    }
+    applied_cv.notify_all();
     events.Publish(lines, env->clock->NowUnixMs());
-    if (answer) {
-      for (Answer& a : answers) Finish(a.request_id, a.verdict, std::move(a.result));
-    }
+    for (Answer& a : answers) Finish(a.request_id, a.verdict, std::move(a.result));
+    AnswerReads();
     return Status::Ok();
   }
 
   // Refuses new commands while free space is below the reserve. Checked once per batch.
-  Status CheckFreeSpace(bool idle) {
-    if (idle || !env->free_bytes || options.reserve_bytes == 0) return Status::Ok();
+  Status CheckFreeSpace() {
+    if (!env->free_bytes || options.reserve_bytes == 0) return Status::Ok();
     Result<uint64_t> free = env->free_bytes(options.data_dir);
     if (!free.ok() || *free >= options.reserve_bytes) return Status::Ok();
     return Status::NoSpace("the data dir's file system has " + std::to_string(*free >> 20) +
@@ -166,96 +254,346 @@ struct Replica::Impl {
     work_cv.wait_for(l, std::chrono::milliseconds(apply_backoff_ms), [&] { return stopping; });
   }
 
+  void ApplyUnapplied() {
+    if (unapplied.empty()) return;
+    Status s = ApplyEntries(&unapplied);
+    if (s.ok()) {
+      apply_backoff_ms = 0;
+    } else {
+      ApplyFailed(s);
+    }
+  }
+
+  // Proposes the held proposals, in order, until raft refuses one. A proposal whose proposer gave
+  // up waiting is dropped (it was never proposed, so it never applies).
+  void ProposeHeld(int64_t now) {
+    while (!held.empty()) {
+      std::vector<std::string> data;
+      std::vector<uint64_t> ids;
+      for (Held& h : held) {
+        if (!HasWaiter(h.id)) continue;
+        ids.push_back(h.id);
+        data.push_back(h.data);
+      }
+      if (ids.empty()) {
+        held.clear();
+        return;
+      }
+      Status refused;
+      size_t n = raft->ProposeBatch(data, &refused);
+      std::string lead = raft->leader();
+      std::deque<Held> rest;
+      size_t k = 0;
+      for (Held& h : held) {
+        if (k < ids.size() && ids[k] == h.id) {
+          if (k < n) {
+            inflight[h.id] = Inflight{std::move(h.data), now, lead};
+          } else {
+            rest.push_back(std::move(h));
+          }
+          ++k;
+        }
+      }
+      held = std::move(rest);
+      if (n == ids.size() || refused.code() == Code::kUnavailable) return;
+      // Refused for good (too large): answer it and go on with the rest.
+      uint64_t id = held.front().id;
+      held.pop_front();
+      Finish(id, refused);
+    }
+  }
+
+  void IssueRead(uint64_t id, Read& r, int64_t now) {
+    Status s = raft->ReadIndex(BigEndian64(id));
+    r.issued = s.ok();
+    r.at_ms = now;
+    r.leader = raft->leader();
+  }
+
+  void AnswerReads() {
+    uint64_t applied = state.applied_index();
+    for (auto it = reads.begin(); it != reads.end();) {
+      if (it->second.index && *it->second.index <= applied) {
+        std::shared_ptr<Waiter> w;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          auto wi = read_waiters.find(it->first);
+          if (wi != read_waiters.end()) {
+            w = std::move(wi->second);
+            read_waiters.erase(wi);
+          }
+        }
+        if (w) Wake(w, Status::Ok());
+        it = reads.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Once per tick: proposals and reads that may have been lost with a leader are sent again, and
+  // the leader plans the next membership change.
+  void OnTick(int64_t now) {
+    const std::string& lead = raft->leader();
+    if (!lead.empty()) {
+      std::vector<Held> again;
+      for (auto it = inflight.begin(); it != inflight.end();) {
+        Inflight& f = it->second;
+        bool lost = f.leader != lead;
+        bool slow = lead != options.node_name && now - f.at_ms >= options.reforward_ms;
+        if (!HasWaiter(it->first)) {
+          it = inflight.erase(it);
+        } else if (lost || slow) {
+          again.push_back(Held{it->first, std::move(f.data)});
+          it = inflight.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (!again.empty()) {
+        CN_LOG(Debug) << "proposing " << again.size() << " commands again (leader " << lead << ")";
+        for (auto it = again.rbegin(); it != again.rend(); ++it) held.push_front(std::move(*it));
+      }
+    }
+    for (auto it = reads.begin(); it != reads.end();) {
+      bool gone;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        gone = read_waiters.count(it->first) == 0;
+      }
+      if (gone) {
+        it = reads.erase(it);
+        continue;
+      }
+      Read& r = it->second;
+      if (!r.index && (!r.issued || r.leader != lead || now - r.at_ms >= options.reforward_ms)) {
+        IssueRead(it->first, r, now);
+      }
+      ++it;
+    }
+    if (raft->role() == raft::Role::kLeader && options.plan_membership) {
+      ReplicaOptions::ClusterView view;
+      view.config = raft->config();
+      view.progress = raft->progress();
+      view.last_index = raft->last_index();
+      view.commit_index = raft->commit_index();
+      std::optional<raft::ConfChange> cc = options.plan_membership(view);
+      if (cc) {
+        Status s = raft->ProposeConfChange(*cc);
+        if (s.ok()) {
+          CN_LOG(Info) << "proposed a membership change: "
+                       << (cc->type == raft::ConfChangeType::kAddVoter     ? "add voter "
+                           : cc->type == raft::ConfChangeType::kAddLearner ? "add learner "
+                                                                           : "remove ")
+                       << cc->node;
+        } else {
+          CN_LOG(Debug) << "membership change for " << cc->node
+                        << " not proposed: " << s.ToString();
+        }
+      }
+    }
+  }
+
+  void HandleReady() {
+    raft::Ready rd = raft->GetReady();
+    // Committed entries were durable before this Ready: apply (and answer) them first, without
+    // waiting for this Ready's log write.
+    if (!rd.committed_entries.empty()) {
+      for (raft::Entry& e : rd.committed_entries) unapplied.push_back(std::move(e));
+      ApplyUnapplied();
+    }
+    // A hard state that only moves the commit index is not written on its own: raft learns the
+    // commit index again after a restart (from the leader, or by committing its own entries), and
+    // it goes along with the next entries anyway.
+    bool vote_changed = rd.hard_state && (rd.hard_state->term != durable_hs.term ||
+                                          rd.hard_state->vote != durable_hs.vote);
+    // A leader's appends and heartbeats promise nothing about its own disk (it counts itself
+    // towards a commit only once its entries are durable: Advance), so they go out before its
+    // log write, and the followers' syncs overlap the leader's (Raft thesis §10.2.1). Every
+    // other message (votes, acknowledgements) waits for the write.
+    bool sent_entries_early = false;
+    if (options.send && raft->role() == raft::Role::kLeader) {
+      std::vector<raft::Message> later;
+      for (raft::Message& m : rd.messages) {
+        if (m.type == raft::MessageType::kAppend || m.type == raft::MessageType::kHeartbeat) {
+          sent_entries_early |= !m.entries.empty();
+          options.send(m);
+        } else {
+          later.push_back(std::move(m));
+        }
+      }
+      rd.messages = std::move(later);
+    }
+    if (rd.snapshot || !rd.entries.empty() || vote_changed) {
+      KvStore::Batch batch;
+      Status s;
+      if (rd.snapshot) s = storage->StageSnapshot(*rd.snapshot, &batch);
+      storage->StageEntries(rd.entries, &batch);
+      if (rd.hard_state) storage->StageHardState(*rd.hard_state, &batch);
+      if (s.ok()) s = kv->Write(batch, /*sync=*/true);
+      if (!s.ok()) {
+        CN_LOG(Error) << "log write failed: " << s.ToString();
+        storage->DropStaged();
+        raft->PersistFailed();  // nothing more of this Ready is sent
+        // The writers of the lost entries get the error — unless the entries already went to
+        // followers, which may still commit them: then they wait for the outcome (or time out).
+        for (const raft::Entry& e : rd.entries) {
+          if (sent_entries_early) break;
+          if (e.type != raft::EntryType::kNormal || e.data.empty()) continue;
+          Result<Command> c = DecodeCommand(e.data);
+          if (c.ok() && c->node == options.node_name) Finish(c->request_id, s);
+        }
+        UpdateStatus();
+        return;
+      }
+      storage->Persisted();
+      if (rd.hard_state) durable_hs = *rd.hard_state;
+      if (rd.snapshot) {
+        // The store now holds the snapshot's state: reload the state machine's view of it.
+        unapplied.clear();
+        Status load = state.Load(kv.get());
+        CN_CHECK(load.ok()) << "loading the state of snapshot " << rd.snapshot->meta.index << ": "
+                            << load.ToString();
+        CN_LOG(Info) << "installed snapshot " << rd.snapshot->meta.index << " ("
+                     << rd.snapshot->meta.size << " bytes)";
+        applied_cv.notify_all();
+        events.Publish({std::to_string(env->clock->NowUnixMs()) + " snapshot_installed " +
+                        options.node_name + " index=" + std::to_string(rd.snapshot->meta.index)},
+                       env->clock->NowUnixMs());
+      }
+    }
+    if (options.send) {
+      for (const raft::Message& m : rd.messages) options.send(m);
+    }
+    for (const raft::ReadState& rs : rd.read_states) {
+      if (rs.context.size() != 8) continue;
+      auto it = reads.find(FromBigEndian64(rs.context));
+      if (it != reads.end() && !it->second.index) it->second.index = rs.index;
+    }
+    if (!rd.read_states.empty()) AnswerReads();
+    raft->Advance();
+    UpdateStatus();
+  }
+
+  void UpdateStatus() {
+    std::string lead = raft->leader();
+    const raft::Config& c = raft->config();
+    bool sole = c.voters.size() == 1 && c.voters[0] == options.node_name &&
+                raft->role() == raft::Role::kLeader;
+    sole_voter_leader.store(sole);
+    {
+      std::lock_guard<std::mutex> l(mu);
+      term = raft->term();
+      commit_index = raft->commit_index();
+      leader = lead;
+      role = raft::RoleName(raft->role());
+      config = c;
+      log_first = storage->FirstIndex();
+      snapshot_index = storage->snapshot_meta().index;
+    }
+    if (lead != last_leader) {
+      last_leader = lead;
+      if (!lead.empty()) {
+        CN_LOG(Info) << "leader is " << lead << " (term " << raft->term() << ")";
+        int64_t now = env->clock->NowUnixMs();
+        events.Publish({std::to_string(now) + " leader_changed " + lead +
+                        " term=" + std::to_string(raft->term())},
+                       now);
+      }
+    }
+  }
+
+  // Snapshots the state machine and compacts the log: when 2 x log_keep entries have been applied
+  // since the last snapshot (keeping log_keep of them for followers slightly behind), or at once
+  // (keeping none) when asked to.
+  void MaybeCompact() {
+    bool force;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      force = compact_requested;
+      compact_requested = false;
+    }
+    if (!unapplied.empty()) {
+      if (force) {
+        std::lock_guard<std::mutex> l(mu);
+        compact_requested = true;  // after the retry
+      }
+      return;
+    }
+    uint64_t applied = state.applied_index();
+    uint64_t snap = storage->snapshot_meta().index;
+    if (applied <= snap || (!force && applied < snap + 2 * options.log_keep)) return;
+    Result<uint64_t> term = storage->Term(applied);
+    if (!term.ok()) return;
+    Status s = storage->CreateSnapshot(applied, *term, raft->applied_config(),
+                                       force ? 0 : options.log_keep);
+    if (!s.ok()) {
+      CN_LOG(Warning) << "snapshot at " << applied << " failed: " << s.ToString();
+      return;
+    }
+    CN_LOG(Info) << "snapshot at " << applied << " (" << storage->snapshot_meta().size
+                 << " bytes); the log now starts at " << storage->FirstIndex();
+    std::lock_guard<std::mutex> l(mu);
+    log_first = storage->FirstIndex();
+    snapshot_index = applied;
+  }
+
   void Run() {
     int64_t last_tick = env->clock->MonotonicMs();
     for (;;) {
-      std::vector<std::pair<Command, std::shared_ptr<Waiter>>> batch;
+      std::deque<Command> batch;
+      std::deque<raft::Message> msgs;
+      std::deque<uint64_t> reads_new;
       bool stop;
       {
         std::unique_lock<std::mutex> l(mu);
-        work_cv.wait_for(l, std::chrono::milliseconds(kTickMs), [&] {
-          return stopping || !pending.empty() || consensus->HasReady() || !unapplied.empty() ||
-                 compact_requested;
+        work_cv.wait_for(l, std::chrono::milliseconds(options.tick_ms), [&] {
+          return stopping || !pending.empty() || !inbound.empty() || !new_reads.empty() ||
+                 raft->HasReady() || !unapplied.empty() || compact_requested;
         });
         while (!pending.empty() && batch.size() < options.max_batch) {
           batch.push_back(std::move(pending.front()));
           pending.pop_front();
         }
+        msgs.swap(inbound);
+        inbound_bytes = 0;
+        reads_new.swap(new_reads);
         stop = stopping && pending.empty();
       }
+      for (const raft::Message& m : msgs) {
+        Status s = raft->Step(m);
+        if (!s.ok()) CN_LOG(Debug) << s.ToString();
+      }
       int64_t now = env->clock->MonotonicMs();
-      if (now - last_tick >= kTickMs) {
-        consensus->Tick();
+      if (now - last_tick >= options.tick_ms) {
+        raft->Tick();
         last_tick = now;
+        OnTick(now);
       }
-      Status room = CheckFreeSpace(batch.empty());
-      for (auto& [cmd, waiter] : batch) {
-        Status s = room.ok() ? consensus->Propose(EncodeCommand(cmd)) : room;
-        if (!s.ok()) Finish(cmd.request_id, s);
-      }
-      // Entries left over from a failed apply go first, in order.
-      if (!unapplied.empty()) {
-        Status s = ApplyEntries(&unapplied, true);
-        if (!s.ok()) {
-          ApplyFailed(s);
-          if (stop) return;
-          continue;
-        }
-        apply_backoff_ms = 0;
-      }
-      if (consensus->HasReady()) {
-        Ready rd = consensus->GetReady();
-        // Committed entries that were durable before this Ready are applied (and their proposers
-        // answered) first, without waiting for this Ready's log sync; any made durable by this
-        // Ready's own write are applied after it.
-        std::vector<LogEntry> after_persist;
-        for (LogEntry& e : rd.committed_entries) {
-          (e.index <= durable_index ? unapplied : after_persist).push_back(std::move(e));
-        }
-        if (!unapplied.empty()) {
-          Status s = ApplyEntries(&unapplied, true);
-          if (!s.ok()) ApplyFailed(s);
-        }
-        if (!rd.entries.empty() || rd.hard_state) {
-          KvStore::Batch log_batch;
-          for (const LogEntry& e : rd.entries) {
-            log_batch.Put(keys::kLogPrefix + BigEndian64(e.index), EncodeEntry(e));
-          }
-          if (rd.hard_state) log_batch.Put(keys::kHardState, EncodeHardState(*rd.hard_state));
-          Status s = kv->Write(log_batch, /*sync=*/true);
-          if (!s.ok()) {
-            CN_LOG(Error) << "log write failed: " << s.ToString();
-            consensus->PersistFailed();
-            for (const LogEntry& e : rd.entries) {
-              Result<Command> c = DecodeCommand(e.data);
-              if (c.ok()) Finish(c->request_id, s);
-            }
-            rd.entries.clear();
-          } else if (!rd.entries.empty()) {
-            durable_index = rd.entries.back().index;
+      if (!batch.empty()) {
+        Status room = CheckFreeSpace();
+        for (Command& c : batch) {
+          if (room.ok()) {
+            held.push_back(Held{c.request_id, EncodeCommand(c)});
+          } else {
+            Finish(c.request_id, room);
           }
         }
-        // Messages would be sent here (Raft); the single voter has none.
-        if (!after_persist.empty()) {
-          for (LogEntry& e : after_persist) unapplied.push_back(std::move(e));
-          Status s = ApplyEntries(&unapplied, true);
-          if (!s.ok()) ApplyFailed(s);
-        }
-        consensus->Advance();
-        std::lock_guard<std::mutex> l(mu);
-        term = consensus->term();
-        commit_index = consensus->commit_index();
-      } else if (compact_requested) {
-        KvStore::Batch b;
-        uint64_t applied = state.applied_index();
-        std::lock_guard<std::mutex> l(mu);
-        for (uint64_t i = log_first; i <= applied; ++i) b.Delete(keys::kLogPrefix + BigEndian64(i));
-        b.Put(keys::kLogFirst, BigEndian64(applied + 1));
-        if (kv->Write(b, false).ok()) log_first = applied + 1;
-        compact_requested = false;
       }
-      if (stop && !consensus->HasReady() && unapplied.empty()) return;
+      ProposeHeld(now);
+      for (uint64_t id : reads_new) IssueRead(id, reads[id], now);
+      ApplyUnapplied();
+      for (size_t i = 0; i < kReadyRounds && raft->HasReady(); ++i) HandleReady();
+      MaybeCompact();
+      if (stop && !raft->HasReady() && unapplied.empty()) return;
     }
+  }
+
+  // Waits until the state machine has applied `index`.
+  bool WaitApplied(uint64_t index, int64_t timeout_ms) {
+    std::unique_lock<std::mutex> l(mu);
+    return applied_cv.wait_for(l, std::chrono::milliseconds(timeout_ms),
+                               [&] { return state.applied_index() >= index; });
   }
 };
 
@@ -263,54 +601,67 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   auto impl = std::make_unique<Impl>(options);
   Impl& m = *impl;
   CN_ASSIGN_OR_RETURN(m.kv, m.env->open_kv(options.data_dir + "/state"));
+  std::string format;
+  if (m.kv->Get(keys::kFormat, &format).ok() && format == "1") {
+    CN_RETURN_IF_ERROR(UpgradeFormat1(m.kv.get(), options.node_name));
+  }
   CN_RETURN_IF_ERROR(m.state.Load(m.kv.get()));
-  std::string v;
-  if (m.kv->Get(keys::kLogFirst, &v).ok()) m.log_first = FromBigEndian64(v);
-  uint64_t term = 0;
-  if (m.kv->Get(keys::kHardState, &v).ok()) {
-    Reader r(v);
-    if (!r.Fixed64(&term)) return Status::Corruption("hard state: malformed");
+  raft::Config initial;
+  if (!options.join) initial.voters = {options.node_name};
+  CN_ASSIGN_OR_RETURN(m.storage, KvRaftStorage::Open(m.kv.get(), initial));
+  raft::RaftOptions ro;
+  ro.id = options.node_name;
+  ro.storage = m.storage.get();
+  ro.applied = m.state.applied_index();
+  ro.election_ticks = options.election_ticks;
+  ro.heartbeat_ticks = 1;
+  ro.seed = m.env->random->Next();
+  ro.max_entry_bytes = kMaxCommandValueBytes + 6 * kMaxCommandNameBytes + 64;
+  if (ro.applied < m.storage->snapshot_meta().index || ro.applied > m.storage->LastIndex()) {
+    return Status::Corruption("the state machine's applied index " + std::to_string(ro.applied) +
+                              " is outside the log " + std::to_string(m.storage->FirstIndex()) +
+                              ".." + std::to_string(m.storage->LastIndex()));
   }
-  // Replay the durable log past the applied index; everything durable is committed (one voter).
-  uint64_t applied = m.state.applied_index();
-  uint64_t last_index = applied;
-  Status replay;
-  CN_RETURN_IF_ERROR(m.kv->Scan(
-      keys::kLogPrefix + BigEndian64(applied + 1), "l0",
-      [&](std::string_view k, std::string_view d) {
-        uint64_t index = FromBigEndian64(k.substr(2));
-        Reader r(d);
-        uint64_t entry_term = 0;
-        if (index != last_index + 1 || !r.Fixed64(&entry_term)) {
-          replay =
-              Status::Corruption("log: gap or malformed entry at index " + std::to_string(index));
-          return false;
-        }
-        m.unapplied.push_back(LogEntry{index, entry_term, std::string(d.substr(8))});
-        last_index = index;
-        if (m.unapplied.size() >= kReplayBatch) replay = m.ApplyEntries(&m.unapplied, false);
-        return replay.ok();
-      }));
-  CN_RETURN_IF_ERROR(replay);
-  CN_RETURN_IF_ERROR(m.ApplyEntries(&m.unapplied, false));
-  if (last_index > applied) {
-    CN_LOG(Info) << "replayed log entries " << applied + 1 << ".." << last_index;
+  CN_ASSIGN_OR_RETURN(m.raft, raft::Raft::New(ro));
+  // Request ids grow across restarts, so a retried proposal is told from a new one
+  // (StateMachine::LastRequest) and an old entry applied late never answers a new proposer. Each
+  // start takes ids from above the floor the last start recorded (a start never uses 2^40 ids),
+  // above any applied one, and from the clock (for a data dir made anew under an old name).
+  {
+    constexpr char kFloorKey[] = "j/request_floor";
+    constexpr uint64_t kIdsPerStart = uint64_t{1} << 40;
+    std::string v;
+    uint64_t floor = m.kv->Get(kFloorKey, &v).ok() ? FromBigEndian64(v) : 0;
+    m.next_request_id = std::max<uint64_t>({static_cast<uint64_t>(m.env->clock->NowUnixMs()) << 20,
+                                            floor, m.state.LastRequest(options.node_name) + 1});
+    KvStore::Batch b;
+    b.Put(kFloorKey, BigEndian64(m.next_request_id + kIdsPerStart));
+    CN_RETURN_IF_ERROR(m.kv->Write(b, /*sync=*/true));
   }
-  if (last_index < m.log_first - 1) last_index = m.log_first - 1;
-  m.durable_index = last_index;
-  m.consensus = NewSingleVoter(options.node_name, last_index, term);
-  m.term = m.consensus->term();
-  m.commit_index = m.consensus->commit_index();
+  m.durable_hs = m.storage->InitialHardState();
+  // What Open waits to have applied: every durable entry when this node is its only voter (it
+  // commits them itself at once), else the entries it knows to be committed.
+  const raft::Config& c = m.raft->config();
+  bool sole = c.voters.size() == 1 && c.voters[0] == options.node_name;
+  uint64_t wait_for = sole ? m.storage->LastIndex() : m.raft->commit_index();
+  m.UpdateStatus();
   std::unique_ptr<Replica> replica(new Replica(std::move(impl)));
-  replica->impl_->agent = std::thread([p = replica->impl_.get()] { p->Run(); });
-  if (replica->impl_->state.cluster_id().empty()) {
+  Impl* p = replica->impl_.get();
+  p->agent = std::thread([p] { p->Run(); });
+  if (!p->WaitApplied(wait_for, options.propose_timeout_ms)) {
+    return Status::Unavailable("could not apply the log up to " + std::to_string(wait_for) +
+                               " within " + std::to_string(options.propose_timeout_ms) + " ms");
+  }
+  if (wait_for > ro.applied) {
+    CN_LOG(Info) << "applied log entries " << ro.applied + 1 << ".." << wait_for;
+  }
+  if (!options.join && p->state.cluster_id().empty()) {
     char id[17];
-    snprintf(id, sizeof id, "%016llx",
-             static_cast<unsigned long long>(replica->impl_->env->random->Next()));
-    Command c;
-    c.type = CommandType::kBootstrap;
-    c.value = id;
-    CN_RETURN_IF_ERROR(replica->Propose(std::move(c)));
+    snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(p->env->random->Next()));
+    Command cmd;
+    cmd.type = CommandType::kBootstrap;
+    cmd.value = id;
+    CN_RETURN_IF_ERROR(replica->Propose(std::move(cmd)));
   }
   return replica;
 }
@@ -325,11 +676,8 @@ Replica::~Replica() {
   impl_->work_cv.notify_all();
   if (impl_->agent.joinable()) impl_->agent.join();
   std::lock_guard<std::mutex> l(impl_->mu);
-  for (auto& [id, w] : impl_->waiters) {
-    std::lock_guard<std::mutex> wl(w->mu);
-    w->done = true;
-    w->verdict = Status::Unavailable("daemon is shutting down");
-    w->cv.notify_all();
+  for (auto* map : {&impl_->waiters, &impl_->read_waiters}) {
+    for (auto& [id, w] : *map) Wake(w, Status::Unavailable("daemon is shutting down"));
   }
 }
 
@@ -338,6 +686,7 @@ Status Replica::Propose(Command command, std::string* result) {
   auto waiter = std::make_shared<Waiter>();
   command.time_ms = m.env->clock->NowUnixMs();
   command.node = m.options.node_name;
+  uint64_t id;
   {
     std::lock_guard<std::mutex> l(m.mu);
     if (m.stopping) return Status::Unavailable("daemon is shutting down");
@@ -345,22 +694,74 @@ Status Replica::Propose(Command command, std::string* result) {
       return Status::Unavailable("commit queue is full (" + std::to_string(m.options.max_pending) +
                                  " proposals waiting); retry");
     }
-    command.request_id = m.next_request_id++;
-    m.waiters[command.request_id] = waiter;
-    m.pending.emplace_back(command, waiter);
+    id = command.request_id = m.next_request_id++;
+    m.waiters[id] = waiter;
+    m.pending.push_back(std::move(command));
   }
   m.work_cv.notify_one();
   std::unique_lock<std::mutex> l(waiter->mu);
   if (!waiter->cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms),
                            [&] { return waiter->done; })) {
     l.unlock();
-    std::lock_guard<std::mutex> ml(m.mu);
-    m.waiters.erase(command.request_id);
-    return Status::Unavailable("the command was not applied within " +
-                               std::to_string(m.options.propose_timeout_ms) + " ms");
+    std::string lead;
+    {
+      std::lock_guard<std::mutex> ml(m.mu);
+      m.waiters.erase(id);
+      lead = m.leader;
+    }
+    return Status::Unavailable(
+        "the command was not applied within " + std::to_string(m.options.propose_timeout_ms) +
+        " ms (" +
+        (lead.empty() ? std::string("no leader known: no quorum reachable?") : "leader " + lead) +
+        "); it may still be applied later");
   }
   if (result != nullptr) *result = std::move(waiter->result);
   return waiter->verdict;
+}
+
+Status Replica::ReadBarrier(int64_t timeout_ms) {
+  Impl& m = *impl_;
+  if (timeout_ms <= 0) timeout_ms = m.options.propose_timeout_ms;
+  if (m.sole_voter_leader.load()) return Status::Ok();
+  auto waiter = std::make_shared<Waiter>();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.stopping) return Status::Unavailable("daemon is shutting down");
+    if (m.read_waiters.size() >= m.options.max_pending) {
+      return Status::Unavailable("too many reads waiting for the leader; retry");
+    }
+    id = m.next_read_id++;
+    m.read_waiters[id] = waiter;
+    m.new_reads.push_back(id);
+  }
+  m.work_cv.notify_one();
+  std::unique_lock<std::mutex> l(waiter->mu);
+  if (!waiter->cv.wait_for(l, std::chrono::milliseconds(timeout_ms),
+                           [&] { return waiter->done; })) {
+    l.unlock();
+    std::lock_guard<std::mutex> ml(m.mu);
+    m.read_waiters.erase(id);
+    return Status::Unavailable("no read index from a leader within " + std::to_string(timeout_ms) +
+                               " ms: no quorum reachable from this node?");
+  }
+  return waiter->verdict;
+}
+
+void Replica::Deliver(raft::Message msg) {
+  Impl& m = *impl_;
+  size_t bytes = MessageBytes(msg);
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.stopping || m.inbound.size() >= m.options.max_inbound ||
+        m.inbound_bytes + bytes > m.options.max_inbound_bytes) {
+      ++m.inbound_dropped;
+      return;
+    }
+    m.inbound_bytes += bytes;
+    m.inbound.push_back(std::move(msg));
+  }
+  m.work_cv.notify_one();
 }
 
 const StateMachine& Replica::state() const { return impl_->state; }
@@ -373,10 +774,15 @@ ReplicaStatus Replica::GetStatus() const {
   s.node = impl_->options.node_name;
   s.applied_index = impl_->state.applied_index();
   std::lock_guard<std::mutex> l(impl_->mu);
-  s.leader = impl_->options.node_name;
+  s.leader = impl_->leader;
   s.term = impl_->term;
   s.commit_index = impl_->commit_index;
   s.log_first_index = impl_->log_first;
+  s.role = impl_->role;
+  s.voters = impl_->config.voters;
+  s.learners = impl_->config.learners;
+  s.snapshot_index = impl_->snapshot_index;
+  s.inbound_dropped = impl_->inbound_dropped;
   return s;
 }
 

@@ -1,19 +1,31 @@
-// Replica: the replicated-state core of a node (DESIGN.md §2). Callers propose Commands; the
-// agent thread orders them through Consensus, persists the log (one synced write per batch: group
-// commit), applies committed entries to the StateMachine in one batch that also records the
-// applied index, and then answers the proposers.
+// Replica: the replicated-state core of a node (DESIGN.md §2, §5). Callers propose Commands; the
+// agent thread orders them through Raft (node/raft; a one-node cluster is a raft cluster of one
+// voter), persists the log (one synced write per batch: group commit), sends raft's messages,
+// applies committed entries to the StateMachine in one batch that also records the applied index,
+// and then answers the proposers. Raft's storage is KvRaftStorage, on the same store.
 //
-// Durability contract: Propose returns OK only after the command's log entry is synced and the
-// command is applied. After a crash, Open replays the durable log past the stored applied index, so
-// nothing acknowledged is lost and nothing is applied twice.
+// Durability contract: Propose returns OK only after the command is committed (durable on a quorum
+// of voters) and applied on this node. After a crash, committed entries past the stored applied
+// index are applied again from the log, so nothing acknowledged is lost and nothing is applied
+// twice.
+//
+// Cluster: a follower's proposals go to the leader (raft forwards them); the proposer waits until
+// its own node has applied the command. A proposal not applied after a leader change (or
+// reforward_ms on a follower) is proposed again; the state machine skips the second copy by its
+// request id (StateMachine::LastRequest), so a retry never applies a command twice. Without a
+// quorum nothing commits and Propose returns Unavailable after propose_timeout_ms.
 // Thread-safety: every public method is safe from any thread.
 #ifndef CONSTELLATION_NODE_STATE_REPLICA_H_
 #define CONSTELLATION_NODE_STATE_REPLICA_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "node/env/env.h"
+#include "node/raft/raft.h"
 #include "node/state/command.h"
 #include "node/state/event_hub.h"
 #include "node/state/state_machine.h"
@@ -33,6 +45,28 @@ struct ReplicaOptions {
   // this, so that entries already committed can always be applied.
   uint64_t reserve_bytes = 64ull << 20;
   size_t event_capacity = 4096;
+
+  // ---- Cluster.
+  // A new store bootstraps a cluster with this node as its only voter (and proposes the cluster
+  // id); with `join` it starts with no configuration and waits for a leader to add it.
+  bool join = false;
+  // Sends a raft message to its `to` node. Called on the agent thread, after the state the message
+  // depends on is durable; must not block. Null: no network (a one-node cluster).
+  std::function<void(const raft::Message& m)> send;
+  // Called on the agent thread once per tick while this node leads: the next membership change to
+  // propose, if any (node/cluster/voters.h). Null: the membership never changes by itself.
+  struct ClusterView {
+    raft::Config config;
+    std::vector<raft::PeerProgress> progress;
+    uint64_t last_index = 0;
+    uint64_t commit_index = 0;
+  };
+  std::function<std::optional<raft::ConfChange>(const ClusterView&)> plan_membership;
+  int64_t tick_ms = 100;
+  int election_ticks = 10;    // election timeout: [1, 2) x election_ticks x tick_ms
+  size_t max_inbound = 4096;  // received raft messages queued for the agent
+  size_t max_inbound_bytes = 256 << 20;
+  int64_t reforward_ms = 2000;  // a follower's proposal not applied by then is sent again
 };
 
 struct ReplicaStatus {
@@ -43,6 +77,11 @@ struct ReplicaStatus {
   uint64_t commit_index = 0;
   uint64_t applied_index = 0;
   uint64_t log_first_index = 0;
+  std::string role;  // follower | pre-candidate | candidate | leader
+  std::vector<std::string> voters;
+  std::vector<std::string> learners;
+  uint64_t snapshot_index = 0;
+  uint64_t inbound_dropped = 0;  // raft messages dropped because the inbound queue was full
 };
 
 class Replica {
@@ -65,8 +104,18 @@ class Replica {
   EventHub* events();
   ReplicaStatus GetStatus() const;
   Status ReadAudit(std::string* out) const;
-  // Drops every applied log entry (the state machine holds their effect).
+  // Takes a snapshot of the state machine now and drops every applied log entry (a node that is
+  // behind then catches up from the snapshot).
   Status Compact();
+
+  // A raft message from a peer (already decoded and authenticated). Queued for the agent; dropped
+  // (and counted) when the inbound queue is full — raft recovers from lost messages.
+  void Deliver(raft::Message m);
+  // A linearizable read point (ReadIndex): returns once this node has applied everything committed
+  // when it was called, so a read after it sees every write acknowledged before. Immediate on a
+  // node that is its cluster's only voter. Unavailable after `timeout_ms` (0: propose_timeout_ms)
+  // without a quorum.
+  Status ReadBarrier(int64_t timeout_ms = 0);
 
  private:
   struct Impl;

@@ -24,7 +24,74 @@ std::string Escape(std::string_view v) {
 
 std::string Field(const std::string& s) { return s.empty() ? "-" : s; }
 
+bool IsZ85Key(std::string_view k) {
+  if (k.size() != 40) return false;
+  static constexpr std::string_view kAlphabet =
+      "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+  for (char c : k) {
+    if (kAlphabet.find(c) == std::string_view::npos) return false;
+  }
+  return true;
+}
+
+std::string EncodeMember(const MemberRecord& m) {
+  Writer w;
+  w.U8(1);
+  w.Bytes(m.name);
+  w.Bytes(m.key);
+  w.Bytes(m.addr);
+  return w.Take();
+}
+
+Result<MemberRecord> DecodeMember(std::string_view d) {
+  Reader r(d);
+  uint8_t version = 0;
+  MemberRecord m;
+  if (!r.U8(&version) || version != 1 || !r.Bytes(&m.name, 255) || !r.Bytes(&m.key, 40) ||
+      !r.Bytes(&m.addr, 300) || !r.done()) {
+    return Status::Corruption("member record: malformed");
+  }
+  return m;
+}
+
 }  // namespace
+
+namespace keys {
+bool IsLocal(std::string_view key) {
+  return key == kFormat || key == kLogFirst || key.substr(0, 2) == kLogPrefix ||
+         key.substr(0, 2) == kRaftPrefix || key.substr(0, 2) == kLocalPrefix;
+}
+}  // namespace keys
+
+Status ParseMemberValue(std::string_view value, MemberRecord* out) {
+  bool have_key = false, have_addr = false;
+  for (const std::string& line : SplitLines(value)) {
+    size_t eq = line.find('=');
+    std::string k = line.substr(0, eq);
+    std::string v = eq == std::string::npos ? "" : line.substr(eq + 1);
+    if (k == "key") {
+      if (!IsZ85Key(v)) return Status::InvalidArgument("admit: key is not a Z85 public key");
+      out->key = v;
+      have_key = true;
+    } else if (k == "addr") {
+      size_t colon = v.rfind(':');
+      if (v.empty() || v.size() > 255 || colon == std::string::npos || colon == 0 ||
+          colon + 1 == v.size() || v.find_first_of(" \t") != std::string::npos) {
+        return Status::InvalidArgument("admit: addr \"" + v + "\" is not host:port");
+      }
+      out->addr = v;
+      have_addr = true;
+    } else {
+      return Status::InvalidArgument("admit: unknown key " + k);
+    }
+  }
+  if (!have_key || !have_addr) return Status::InvalidArgument("admit: needs key= and addr=");
+  return Status::Ok();
+}
+
+std::string FormatMemberValue(const MemberRecord& m) {
+  return "key=" + m.key + "\naddr=" + m.addr + "\n";
+}
 
 std::string FormatAuditLine(const Command& c, const Status& verdict) {
   return std::to_string(c.time_ms) + " " + std::to_string(c.uid) + " " + std::to_string(c.pid) +
@@ -59,9 +126,7 @@ Status StateMachine::Load(KvStore* kv) {
   std::unique_lock<std::shared_mutex> l(mu_);
   instances_.clear();
   nodes_.clear();
-  if (kv->Get(keys::kApplied, &v).ok()) applied_ = FromBigEndian64(v);
-  if (kv->Get(keys::kAuditSeq, &v).ok()) audit_seq_ = FromBigEndian64(v);
-  if (kv->Get(keys::kCluster, &v).ok()) cluster_id_ = v;
+  staged_ = Staged{};
   Status decode;
   CN_RETURN_IF_ERROR(
       kv->Scan(keys::kInstancePrefix, "i0", [&](std::string_view, std::string_view d) {
@@ -83,7 +148,31 @@ Status StateMachine::Load(KvStore* kv) {
     nodes_[r->name] = std::move(*r);
     return true;
   }));
-  return decode;
+  CN_RETURN_IF_ERROR(decode);
+  members_.clear();
+  CN_RETURN_IF_ERROR(kv->Scan(keys::kMemberPrefix, "k0", [&](std::string_view, std::string_view d) {
+    Result<MemberRecord> r = DecodeMember(d);
+    if (!r.ok()) {
+      decode = r.status();
+      return false;
+    }
+    members_[r->name] = std::move(*r);
+    return true;
+  }));
+  CN_RETURN_IF_ERROR(decode);
+  requests_.clear();
+  CN_RETURN_IF_ERROR(
+      kv->Scan(keys::kRequestPrefix, "q0", [&](std::string_view k, std::string_view d) {
+        requests_[std::string(k.substr(2))] = FromBigEndian64(d);
+        return true;
+      }));
+  applied_ = 0;
+  audit_seq_ = 0;
+  cluster_id_.clear();
+  if (kv->Get(keys::kApplied, &v).ok()) applied_ = FromBigEndian64(v);
+  if (kv->Get(keys::kAuditSeq, &v).ok()) audit_seq_ = FromBigEndian64(v);
+  if (kv->Get(keys::kCluster, &v).ok()) cluster_id_ = v;
+  return Status::Ok();
 }
 
 std::optional<InstanceRecord> StateMachine::StagedInstance(const std::string& name) const {
@@ -133,6 +222,17 @@ void StateMachine::Audit(const Command& c, const Status& verdict, KvStore::Batch
 Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* batch,
                            std::vector<std::string>* events, std::string* result) {
   Status verdict;
+  if (c.request_id != 0 && !c.node.empty()) {
+    if (c.request_id <= StagedLastRequest(c.node)) {
+      // A retried proposal whose first copy (or a later command of its node) was applied already.
+      staged_.applied = index;
+      batch->Put(keys::kApplied, BigEndian64(index));
+      return Status::Unavailable(
+          "the write was overtaken by a later one from this node after a leader change; retry");
+    }
+    staged_.requests[c.node] = c.request_id;
+    batch->Put(keys::kRequestPrefix + c.node, BigEndian64(c.request_id));
+  }
   if (c.type == CommandType::kFs) {
     Result<FsOp> op = DecodeFsOp(c.value);
     FsResult r;
@@ -189,6 +289,28 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       PutNode(r, batch);
       events->push_back(t + (old ? "node_updated " : "node_joined ") + r.name +
                         " addr=" + Field(r.addr));
+      return Status::Ok();
+    }
+    case CommandType::kNodeAdmit: {
+      CN_RETURN_IF_ERROR(ValidateName(c.object, "node name"));
+      MemberRecord m;
+      m.name = c.object;
+      CN_RETURN_IF_ERROR(ParseMemberValue(c.value, &m));
+      std::optional<MemberRecord> old = StagedMember(c.object);
+      if (old && old->key != m.key) {
+        return Status::AlreadyExists("node name " + c.object +
+                                     " is already admitted with another key");
+      }
+      for (const MemberRecord& other : ListMembers()) {
+        if (other.name != m.name && other.key == m.key) {
+          return Status::AlreadyExists("key already admitted as node " + other.name);
+        }
+      }
+      if (old && *old == m) return Status::Ok();
+      batch->Put(keys::kMemberPrefix + m.name, EncodeMember(m));
+      staged_.members[m.name] = m;
+      events->push_back(t + (old ? "node_readmitted " : "node_admitted ") + m.name +
+                        " addr=" + m.addr);
       return Status::Ok();
     }
     case CommandType::kNodeSetLabels: {
@@ -276,6 +398,8 @@ void StateMachine::CommitStaged() {
       nodes_.erase(name);
     }
   }
+  for (auto& [name, m] : staged_.members) members_[name] = std::move(m);
+  for (auto& [node, id] : staged_.requests) requests_[node] = id;
   if (staged_.cluster_id) cluster_id_ = *staged_.cluster_id;
   if (staged_.applied) applied_ = *staged_.applied;
   if (staged_.audit_seq) audit_seq_ = *staged_.audit_seq;
@@ -327,6 +451,38 @@ std::vector<std::string> StateMachine::ListNodes() const {
   std::vector<std::string> out;
   for (const auto& [name, r] : nodes_) out.push_back(name);
   return out;
+}
+
+std::optional<MemberRecord> StateMachine::GetMember(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = members_.find(name);
+  if (it == members_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<MemberRecord> StateMachine::ListMembers() const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  std::vector<MemberRecord> out;
+  for (const auto& [name, m] : members_) out.push_back(m);
+  return out;
+}
+
+uint64_t StateMachine::LastRequest(const std::string& node) const {
+  std::shared_lock<std::shared_mutex> l(mu_);
+  auto it = requests_.find(node);
+  return it == requests_.end() ? 0 : it->second;
+}
+
+std::optional<MemberRecord> StateMachine::StagedMember(const std::string& name) const {
+  auto st = staged_.members.find(name);
+  if (st != staged_.members.end()) return st->second;
+  return GetMember(name);
+}
+
+uint64_t StateMachine::StagedLastRequest(const std::string& node) const {
+  auto st = staged_.requests.find(node);
+  if (st != staged_.requests.end()) return st->second;
+  return LastRequest(node);
 }
 
 Status StateMachine::ReadAudit(KvStore* kv, std::string* out) const {

@@ -25,7 +25,9 @@
 
 namespace constellation {
 
-inline constexpr uint64_t kStateFormatVersion = 1;
+// 2: log entries carry a raft entry type, raft hard state and snapshot metadata (Replica::Open
+// upgrades a version-1 store in place).
+inline constexpr uint64_t kStateFormatVersion = 2;
 
 // Key layout (see docs/architecture.md).
 namespace keys {
@@ -39,7 +41,22 @@ inline constexpr char kInstancePrefix[] = "i/";
 inline constexpr char kNodePrefix[] = "n/";
 inline constexpr char kAuditPrefix[] = "a/";
 inline constexpr char kLogPrefix[] = "l/";
+inline constexpr char kMemberPrefix[] = "k/";   // admitted nodes (kNodeAdmit)
+inline constexpr char kRequestPrefix[] = "q/";  // newest applied request id per proposing node
+// Keys that belong to this node, not to the replicated state: the log, raft's records, the format
+// and anything under "j/" (join bookkeeping). A state-machine snapshot holds every other key.
+inline constexpr char kRaftPrefix[] = "r/";
+inline constexpr char kLocalPrefix[] = "j/";
+bool IsLocal(std::string_view key);
 }  // namespace keys
+
+// A node the cluster admitted: its CURVE public key (Z85, 40 characters) and its address.
+struct MemberRecord {
+  std::string name;
+  std::string key;
+  std::string addr;
+  bool operator==(const MemberRecord&) const = default;
+};
 
 struct StateMachineOptions {
   uint64_t audit_keep = 100000;  // newest audit lines kept
@@ -70,6 +87,11 @@ class StateMachine {
   std::vector<std::string> ListInstances() const;
   std::optional<NodeRecord> GetNode(const std::string& name) const;
   std::vector<std::string> ListNodes() const;
+  std::optional<MemberRecord> GetMember(const std::string& name) const;
+  std::vector<MemberRecord> ListMembers() const;
+  // The newest request id applied from `node` (0: none). Commands carry increasing ids per node;
+  // one at or below it is a duplicate (a proposal retried after a leader change) and is skipped.
+  uint64_t LastRequest(const std::string& node) const;
   // Audit lines, oldest first, newline-terminated.
   Status ReadAudit(KvStore* kv, std::string* out) const;
 
@@ -80,11 +102,15 @@ class StateMachine {
     std::optional<std::string> cluster_id;
     std::optional<uint64_t> applied;
     std::optional<uint64_t> audit_seq;
+    std::map<std::string, MemberRecord> members;
+    std::map<std::string, uint64_t> requests;
   };
 
   Status ApplyCommand(const Command& c, KvStore::Batch* batch, std::vector<std::string>* events);
   std::optional<InstanceRecord> StagedInstance(const std::string& name) const;
   std::optional<NodeRecord> StagedNode(const std::string& name) const;
+  std::optional<MemberRecord> StagedMember(const std::string& name) const;
+  uint64_t StagedLastRequest(const std::string& node) const;
   void PutInstance(const InstanceRecord& r, KvStore::Batch* batch);
   void PutNode(const NodeRecord& r, KvStore::Batch* batch);
   void Audit(const Command& c, const Status& verdict, KvStore::Batch* batch);
@@ -93,12 +119,18 @@ class StateMachine {
   mutable std::shared_mutex mu_;  // guards the live state below
   std::map<std::string, InstanceRecord> instances_;
   std::map<std::string, NodeRecord> nodes_;
+  std::map<std::string, MemberRecord> members_;
+  std::map<std::string, uint64_t> requests_;
   std::string cluster_id_;
   uint64_t applied_ = 0;
   uint64_t audit_seq_ = 0;
   Staged staged_;                  // agent thread only
   std::unique_ptr<KvOverlay> fs_;  // file-system writes staged by Apply (agent thread only)
 };
+
+// Parses and checks a kNodeAdmit value ("key=...\naddr=..."); fills `out` except its name.
+Status ParseMemberValue(std::string_view value, MemberRecord* out);
+std::string FormatMemberValue(const MemberRecord& m);
 
 // The audit line for a command: "<unix_ms> <uid> <pid> <node> <path> <op> <result> <value>".
 std::string FormatAuditLine(const Command& c, const Status& verdict);

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -133,8 +134,9 @@ TEST_CASE("zmq: binds a free port and reports it") {
 TEST_CASE("zmq: rejects bad options and addresses") {
   ZmqTransportOptions o;
   o.bind_address = "tcp://127.0.0.1:*";
-  o.curve.public_key = "not-yet";
-  REQUIRE(NewZmqTransport(o).status().code() == Code::kNotSupported);
+  o.curve.public_key = "not-a-key";
+  o.curve.secret_key = "not-a-key";
+  REQUIRE(NewZmqTransport(o).status().code() == Code::kInvalidArgument);
 
   for (const char* bind : {"", "127.0.0.1", "127.0.0.1:99999", "::1:7400", "127.0.0.1:7x"}) {
     ZmqTransportOptions b;
@@ -384,4 +386,146 @@ TEST_CASE("zmq: a handler may replace itself") {
 }
 
 }  // namespace
+// ---- CURVE and the ZAP check.
+
+struct Node {
+  std::string pub, sec;
+  std::set<std::string> admitted;
+  std::mutex mu;
+  Inbox inbox;
+  std::unique_ptr<ZmqTransport> t;
+
+  Node() {
+    auto kp = NewCurveKeyPair();
+    REQUIRE(kp.ok());
+    pub = kp->first;
+    sec = kp->second;
+  }
+  void Admit(const std::string& key) {
+    std::lock_guard<std::mutex> l(mu);
+    admitted.insert(key);
+  }
+  void Start() {
+    ZmqTransportOptions o;
+    o.bind_address = "tcp://127.0.0.1:*";
+    o.curve.public_key = pub;
+    o.curve.secret_key = sec;
+    o.authorize = [this](const std::string& key) {
+      std::lock_guard<std::mutex> l(mu);
+      return admitted.count(key) > 0;
+    };
+    t = Make(o);
+    t->SetHandler(inbox.Handler());
+  }
+};
+
+// True once `pred` holds; false after kWait.
+template <typename F>
+bool Eventually(F pred) {
+  auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::yield();
+  }
+  return pred();
+}
+
+TEST_CASE("zmq curve: key pairs and public keys") {
+  auto kp = NewCurveKeyPair();
+  REQUIRE(kp.ok());
+  CHECK(kp->first.size() == 40);
+  auto pub = CurvePublicKey(kp->second);
+  REQUIRE(pub.ok());
+  CHECK(*pub == kp->first);
+  CHECK(CurvePublicKey("short").status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("zmq curve: admitted peers talk, and `from` is the sender's authenticated key") {
+  Node a, b;
+  a.Admit(b.pub);
+  b.Admit(a.pub);
+  a.Start();
+  b.Start();
+  // Without the server key a send is refused at once.
+  CHECK(a.t->Send(b.t->bound_address(), "x").code() == Code::kInvalidArgument);
+  a.t->SetPeerKey(b.t->bound_address(), b.pub);
+  b.t->SetPeerKey(a.t->bound_address(), a.pub);
+  REQUIRE(a.t->Send(b.t->bound_address(), "hello").ok());
+  REQUIRE(b.inbox.WaitForCount(1));
+  CHECK(b.inbox.Snapshot()[0] == std::make_pair(a.pub, std::string("hello")));
+  REQUIRE(b.t->Send(a.t->bound_address(), "back").ok());
+  REQUIRE(a.inbox.WaitForCount(1));
+  CHECK(a.inbox.Snapshot()[0].first == b.pub);
+  CHECK(a.t->counters().refused == 0);
+  CHECK(b.t->counters().refused == 0);
+}
+
+TEST_CASE("zmq curve: a key that was not admitted is refused and counted; others are unaffected") {
+  Node server, stranger, friend_;
+  server.Admit(friend_.pub);
+  server.Start();
+  stranger.Start();
+  friend_.Start();
+  stranger.t->SetPeerKey(server.t->bound_address(), server.pub);
+  friend_.t->SetPeerKey(server.t->bound_address(), server.pub);
+  REQUIRE(stranger.t->Send(server.t->bound_address(), "let me in").ok());
+  REQUIRE(Eventually([&] { return server.t->counters().refused >= 1; }));
+  REQUIRE(friend_.t->Send(server.t->bound_address(), "hi").ok());
+  REQUIRE(server.inbox.WaitForCount(1));
+  auto got = server.inbox.Snapshot();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0] == std::make_pair(friend_.pub, std::string("hi")));
+
+  // A client presenting another key pair (a joining node's join key) is judged by that key.
+  Node joiner;
+  joiner.Start();
+  auto join_key = NewCurveKeyPair();
+  REQUIRE(join_key.ok());
+  server.Admit(join_key->first);
+  joiner.t->SetPeerKey(server.t->bound_address(), server.pub, join_key->first, join_key->second);
+  REQUIRE(joiner.t->Send(server.t->bound_address(), "join").ok());
+  REQUIRE(server.inbox.WaitForCount(2));
+  CHECK(server.inbox.Snapshot()[1] == std::make_pair(join_key->first, std::string("join")));
+}
+
+TEST_CASE("zmq curve: a wrong server key and garbage bytes fail the handshake and are counted") {
+  Node server, client;
+  server.Admit(client.pub);
+  server.Start();
+  client.Start();
+  auto wrong = NewCurveKeyPair();
+  REQUIRE(wrong.ok());
+  client.t->SetPeerKey(server.t->bound_address(), wrong->first);
+  REQUIRE(client.t->Send(server.t->bound_address(), "x").ok());
+  REQUIRE(Eventually([&] { return server.t->counters().handshake_failed >= 1; }));
+
+  // Raw garbage on the port.
+  std::string addr = server.t->bound_address();
+  int port = std::stoi(addr.substr(addr.rfind(':') + 1));
+  uint64_t before = server.t->counters().handshake_failed;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  std::string junk(4096, '\0');
+  for (size_t i = 0; i < junk.size(); ++i) junk[i] = static_cast<char>((i * 7919) ^ 0x5a);
+  junk[0] = static_cast<char>(0xff);  // looks like a ZMTP 3 greeting, then is not
+  REQUIRE(write(fd, junk.data(), junk.size()) > 0);
+  REQUIRE(Eventually([&] { return server.t->counters().handshake_failed > before; }));
+  close(fd);
+  CHECK(server.inbox.Snapshot().empty());
+
+  // The server still serves an admitted client with the right key; the message queued while the
+  // handshake failed goes first, over the new connection.
+  client.t->SetPeerKey(server.t->bound_address(), server.pub);
+  REQUIRE(client.t->Send(server.t->bound_address(), "ok now").ok());
+  REQUIRE(server.inbox.WaitForCount(2));
+  auto got = server.inbox.Snapshot();
+  CHECK(got[0].second == "x");
+  CHECK(got[1].second == "ok now");
+}
+
 }  // namespace constellation

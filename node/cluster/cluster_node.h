@@ -1,0 +1,92 @@
+// ClusterNode: what turns a Replica into a member of a cluster (DESIGN.md §5) — the CURVE
+// transport, who may connect, raft messages in and out, joining, and the automatic voter set.
+//
+// Keys: the node's CURVE key pair (a file written by `constellation keygen`, or DATA/node.key made
+// at first start) and a join key pair (DATA/join.key). The join token (DATA/join_token, mode 0600)
+// is this node's public key and the join key's secret: whoever holds it can reach this node's join
+// service, and nothing else.
+//
+// Who may connect (the ZAP check, on the transport's thread): the keys of admitted nodes (the
+// replicated kNodeAdmit records), the members a join reply listed (until this node has caught up),
+// and the join key — whose connections may only send join requests. Everything else is refused
+// and counted; malformed messages and raft messages whose sender name does not match the key
+// that sent them are dropped and counted.
+//
+// Joining: the new node sends JoinRequest{name, addr, key} under the join key to the node that
+// issued the token; that node proposes kNodeAdmit (forwarded to the leader) and, once it has
+// applied it, answers with every member's name, key and address. The leader's voter planner
+// (node/cluster/voters.h) then adds the new node as a learner, raft brings it up to date (by
+// snapshot when the log is compacted), and promotes it while the cluster has fewer than 3 (or 5)
+// voters.
+//
+// Lifecycle: Start (before Replica::Open, whose options Configure fills in), Attach (with the
+// replica open: admits this node or joins), Detach (before the replica is destroyed), destroy.
+// Thread-safety: every public method is safe from any thread.
+#ifndef CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
+#define CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
+
+#include <memory>
+#include <string>
+
+#include "node/base/status.h"
+#include "node/state/replica.h"
+
+namespace constellation {
+
+struct ClusterNodeOptions {
+  std::string data_dir;
+  std::string node_name;
+  std::string bind;      // host:port to listen on
+  std::string addr;      // how peers reach this node (default: bind)
+  std::string key_file;  // this node's key pair (default: data_dir/node.key, created if missing)
+  std::string join;      // host:port of a member to join through; empty: bootstrap
+  std::string token;     // the join token that member issued
+  int64_t join_timeout_ms = 60000;  // for the join reply and then for catching up
+};
+
+// Statistics for constellation/status.
+struct ClusterCounters {
+  uint64_t refused = 0;           // connections and messages refused (not admitted, spoofed)
+  uint64_t handshake_failed = 0;  // garbage or wrong-key handshakes
+  uint64_t malformed = 0;         // messages that did not decode
+  uint64_t join_requests = 0;     // join requests served
+};
+
+// Key files: "public <Z85>\nsecret <Z85>\n".
+Status WriteKeyFile(const std::string& path, const std::string& public_key,
+                    const std::string& secret_key);
+Result<std::pair<std::string, std::string>> ReadKeyFile(const std::string& path);
+
+class ClusterNode {
+ public:
+  static Result<std::unique_ptr<ClusterNode>> Start(const ClusterNodeOptions& options);
+  ~ClusterNode();
+
+  // Sets the replica options this node needs: join mode, send, plan_membership.
+  void Configure(ReplicaOptions* ro);
+  // With the replica open: a bootstrapped node admits itself (its key and address); a joining
+  // node that is not yet a member joins through options.join and waits until it has caught up.
+  Status Attach(Replica* replica);
+  // Stops delivering to the replica and serving joins (before the replica is destroyed).
+  void Detach();
+
+  const std::string& join_token() const;
+  std::string token_path() const;
+  std::string address() const;
+  ClusterCounters counters() const;
+
+  // The hook for the membership layer (SWIM): `node` was declared dead (or alive again). A dead
+  // voter is replaced by a caught-up learner at the leader's next tick; a dead node is not
+  // promoted.
+  void SetNodeDead(const std::string& node, bool dead);
+
+  struct Impl;
+
+ private:
+  explicit ClusterNode(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace constellation
+
+#endif  // CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
