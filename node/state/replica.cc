@@ -69,7 +69,7 @@ struct Replica::Impl {
   Impl(const ReplicaOptions& o)
       : options(o),
         env(o.env ? o.env : DefaultEnv()),
-        state(StateMachineOptions{o.audit_keep}),
+        state(StateMachineOptions{o.audit_keep, o.on_instance_changes}),
         events(o.event_capacity) {}
 
   void Finish(uint64_t request_id, const Status& verdict, std::string result = {}) {

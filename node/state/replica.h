@@ -33,6 +33,8 @@ struct ReplicaOptions {
   // this, so that entries already committed can always be applied.
   uint64_t reserve_bytes = 64ull << 20;
   size_t event_capacity = 4096;
+  // See StateMachineOptions::on_instance_changes. Also called while Open replays the log.
+  std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
 };
 
 struct ReplicaStatus {

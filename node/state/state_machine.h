@@ -11,6 +11,7 @@
 #ifndef CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
 #define CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -41,8 +42,21 @@ inline constexpr char kAuditPrefix[] = "a/";
 inline constexpr char kLogPrefix[] = "l/";
 }  // namespace keys
 
+// An applied change of one instance record, for the node agent (node/agent) that brings the
+// instance's process in line with it.
+struct InstanceChange {
+  std::string name;
+  // The ctl verb the command carried ("start", "stop", "restart", "kill 9"), or "" for a change of
+  // the record itself (created, configured, removed): read the record for its new value.
+  std::string verb;
+};
+
 struct StateMachineOptions {
   uint64_t audit_keep = 100000;  // newest audit lines kept
+  // Called at the end of CommitStaged, on the applying thread, with the instance changes of the
+  // committed entries in apply order (refused commands are not changes). The committed state is
+  // readable when it runs. Must not block: it holds up every later commit.
+  std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
 };
 
 class StateMachine {
@@ -80,9 +94,11 @@ class StateMachine {
     std::optional<std::string> cluster_id;
     std::optional<uint64_t> applied;
     std::optional<uint64_t> audit_seq;
+    std::vector<InstanceChange> changes;
   };
 
   Status ApplyCommand(const Command& c, KvStore::Batch* batch, std::vector<std::string>* events);
+  void CommitStagedLocked();  // mu_ held
   std::optional<InstanceRecord> StagedInstance(const std::string& name) const;
   std::optional<NodeRecord> StagedNode(const std::string& name) const;
   void PutInstance(const InstanceRecord& r, KvStore::Batch* batch);
