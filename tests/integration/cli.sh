@@ -7,7 +7,8 @@ export CONSTELLATION_MOUNT=$M
 start_daemon
 
 $CLI status | grep -q '^node node-a$' || fail "constellation status"
-$CLI create instance web-1 --ram-mb 512 --cpu-percent 50 --env PORT=80 --env MODE=x --restart always ||
+$CLI create instance web-1 --cmd 'sleep 1000' --ram-mb 512 --cpu-percent 50 --env PORT=80 \
+  --env MODE=x --restart always ||
   fail "create instance"
 expect_eq "$($CLI get instances/web-1/ram_mb)" 512 "get ram_mb"
 expect_eq "$($CLI get instances/web-1/env)" "$(printf 'PORT=80\nMODE=x')" "get env"
@@ -22,6 +23,7 @@ out=$($CLI create instance bad --ram-mb 1 2>&1) && fail "create with a bad value
 [[ ! -e $C/instances/bad ]] || fail "a failed create left its instance behind"
 $CLI start web-1 || fail "start"
 grep -q '^desired=running$' $C/instances/web-1/spec || fail "start recorded"
+expect_eq "$(cat $C/instances/web-1/state)" running "state after constellation start"
 timeout 20 $CLI events --count 1 > $T/ev &
 evpid=$!
 # The reader may not have opened the stream yet; keep making events until it has one (bounded).
