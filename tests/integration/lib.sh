@@ -81,7 +81,7 @@ cleanup() {
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   cleanup_cgroups
   # Disk quotas of instances are loop-mounted file systems under the data dir.
-  grep -o " $D/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
+  { grep -o " $D/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l $m || true; done
   umount -l "$M" 2>/dev/null || true
   if mountpoint -q "$D" 2>/dev/null; then umount -l "$D"; fi  # a test's own small file system
   rm -rf "$T"
