@@ -508,10 +508,10 @@ std::string ShellWord(const std::string& w) {
 }
 
 constexpr FlagSpec kRunFlags[] = {
-    {"--env", nullptr, true, true},          {"--cpu-percent", nullptr, true, false},
-    {"--ram-mb", nullptr, true, false},      {"--disk-mb", nullptr, true, false},
-    {"--pids-max", nullptr, true, false},    {"--network", nullptr, true, false},
-    {"--restart", nullptr, true, false},     {"--node", nullptr, true, false},
+    {"--env", nullptr, true, true},        {"--cpu-percent", nullptr, true, false},
+    {"--ram-mb", nullptr, true, false},    {"--disk-mb", nullptr, true, false},
+    {"--pids-max", nullptr, true, false},  {"--network", nullptr, true, false},
+    {"--restart", nullptr, true, false},   {"--node", nullptr, true, false},
     {"--namespace", nullptr, true, false},
 };
 constexpr SpecField kRunFields[] = {

@@ -478,8 +478,7 @@ Status ControlTree::Write(uint64_t ino, std::string_view data, const Caller& cal
   return v.Wait();
 }
 
-void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& caller,
-                             Done done) {
+void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& caller, Done done) {
   Result<Node> resolved = Resolve(ino);
   if (!resolved.ok()) return done(resolved.status());
   const Node& n = *resolved;
@@ -748,9 +747,9 @@ Result<std::string> ControlTree::ReadInstanceRuntime(const Node& n) {
   std::string_view f = Tables::kInstanceFiles[n.file].name;
   if (f == "log") return ReadLog(n.object, 0, 1 << 20);
   runtime::Runtime* rt = options_.agent == nullptr ? nullptr : options_.agent->runtime();
-  Result<runtime::InstanceStatus> st =
-      rt == nullptr ? Result<runtime::InstanceStatus>(Status::NotFound("")) :
-                      rt->Get(n.object, /*usage=*/f == "stats");
+  Result<runtime::InstanceStatus> st = rt == nullptr
+                                           ? Result<runtime::InstanceStatus>(Status::NotFound(""))
+                                           : rt->Get(n.object, /*usage=*/f == "stats");
   if (!st.ok()) {
     // Not (yet) known to this node's runtime: what the record says.
     if (f == "state") return r->state + "\n";

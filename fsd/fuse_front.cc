@@ -26,10 +26,10 @@ struct Handle {
   uint64_t ino = 0;
   bool cluster = false;  // a file of cluster/ (ClusterFs), not a control file
   bool events = false;
-  bool accumulate = false;  // writes build one value (all but ctl files), see Write
+  bool accumulate = false;   // writes build one value (all but ctl files), see Write
   bool file_backed = false;  // an instance's log: read at any offset (ControlTree::ReadAt)
-  std::mutex mu;            // guards the fields below
-  std::string written;      // what this open file has written, by offset
+  std::mutex mu;             // guards the fields below
+  std::string written;       // what this open file has written, by offset
   bool has_snapshot = false;
   std::string snapshot;
   uint64_t cursor = 0;

@@ -200,7 +200,8 @@ void MakeLinks(const std::string& mount) {
       }
     } else if (errno != ENOENT && rmdir(link.c_str()) != 0) {
       // An empty directory (an instance's bind target made before the links existed) gives way.
-      CN_LOG(Warning) << link << " exists and is not a link or an empty directory; leaving it alone";
+      CN_LOG(Warning) << link
+                      << " exists and is not a link or an empty directory; leaving it alone";
       continue;
     }
     if (symlink(target.c_str(), link.c_str()) != 0) {
@@ -345,7 +346,8 @@ int Serve(const Flags& f, const std::function<void(const std::string& error)>& r
     CN_LOG(Info) << "instances: cgroups " << rt->cgroup_layout().ToString() << "; "
                  << rt->List().size() << " found in " << ro.data_dir;
     Status synced = agent->Start(&(*replica)->state(), rt.get(), (*replica)->events());
-    if (!synced.ok()) CN_LOG(Warning) << "instances: not all records could be applied: " << synced.ToString();
+    if (!synced.ok())
+      CN_LOG(Warning) << "instances: not all records could be applied: " << synced.ToString();
     CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data
                  << ", cluster " << (*replica)->GetStatus().cluster_id << ")";
     ready("");

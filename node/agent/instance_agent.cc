@@ -59,8 +59,8 @@ runtime::InstanceSpec SpecFromRecord(const InstanceRecord& r) {
 }
 
 std::string FormatTransition(const runtime::Transition& t) {
-  std::string line = std::to_string(t.unix_ms) + " " + t.event + " " + t.instance +
-                     " state=" + Quoted(t.state);
+  std::string line =
+      std::to_string(t.unix_ms) + " " + t.event + " " + t.instance + " state=" + Quoted(t.state);
   for (const auto& [k, v] : t.detail) {
     if (k == "state") continue;
     line += " " + k + "=" + Quoted(v);

@@ -110,8 +110,8 @@ class InstanceAgent {
   struct Waiter {
     std::string name;
     Wait wait;
-    uint64_t seq = 0;     // done once handled_seq >= seq (phase 1) ...
-    bool handled = false;  // ... then, for the other waits, when the instance gets there
+    uint64_t seq = 0;         // done once handled_seq >= seq (phase 1) ...
+    bool handled = false;     // ... then, for the other waits, when the instance gets there
     int64_t deadline_ms = 0;  // steady clock
     Done done;
   };

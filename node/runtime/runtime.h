@@ -228,7 +228,7 @@ class Runtime {
 
   // What Get/List read, guarded by status_mu_ alone (taken after mu_, never before it).
   struct Snapshot {
-    InstanceStatus status;        // the fields kept in memory (no cgroup readings)
+    InstanceStatus status;         // the fields kept in memory (no cgroup readings)
     int64_t running_since_ms = 0;  // monotonic; 0 when not running
     int64_t restart_at_ms = 0;     // monotonic; 0 when no restart is pending
     Cgroup cgroup;

@@ -187,8 +187,8 @@ Status ValidateName(std::string_view name, std::string_view what) {
 
 const std::vector<std::string>& InstanceConfigFields() {
   static const std::vector<std::string> kFields = {
-      "cmd",  "env",       "cpu_percent", "ram_mb",  "disk_mb", "pids_max",
-      "network", "restart", "node",     "placement", "namespace", "secrets"};
+      "cmd",     "env",     "cpu_percent", "ram_mb",    "disk_mb",   "pids_max",
+      "network", "restart", "node",        "placement", "namespace", "secrets"};
   return kFields;
 }
 
@@ -380,12 +380,12 @@ Result<InstanceRecord> DecodeInstance(std::string_view data) {
   uint64_t created = 0, cpu = 0, ram = 0, disk = 0, pids = 0;
   constexpr size_t kMax = 64 * 1024;
   bool ok = rd.Fixed16(&version) && (version == 1 || version == kInstanceRecordVersion) &&
-            rd.Bytes(&r.name, kMax) &&
-            rd.Fixed32(&r.uid) && rd.Fixed32(&r.gid) && rd.Fixed64(&created) &&
-            rd.Bytes(&r.cmd, kMax) && GetList(&rd, &r.env) && rd.Fixed64(&cpu) &&
-            rd.Fixed64(&ram) && rd.Fixed64(&disk) && rd.Bytes(&r.restart, kMax) &&
-            rd.Bytes(&r.node, kMax) && GetList(&rd, &r.placement) && rd.Bytes(&r.ns, kMax) &&
-            GetList(&rd, &r.secrets) && rd.Bytes(&r.desired, kMax) && rd.Bytes(&r.state, kMax);
+            rd.Bytes(&r.name, kMax) && rd.Fixed32(&r.uid) && rd.Fixed32(&r.gid) &&
+            rd.Fixed64(&created) && rd.Bytes(&r.cmd, kMax) && GetList(&rd, &r.env) &&
+            rd.Fixed64(&cpu) && rd.Fixed64(&ram) && rd.Fixed64(&disk) &&
+            rd.Bytes(&r.restart, kMax) && rd.Bytes(&r.node, kMax) && GetList(&rd, &r.placement) &&
+            rd.Bytes(&r.ns, kMax) && GetList(&rd, &r.secrets) && rd.Bytes(&r.desired, kMax) &&
+            rd.Bytes(&r.state, kMax);
   if (ok && version >= 2) {
     ok = rd.Bytes(&r.network, kMax) && rd.Fixed64(&pids) &&
          (r.network == "host" || r.network == "isolated") &&

@@ -44,7 +44,7 @@ struct InstanceRecord {
   std::vector<std::string> secrets;
   std::string network = "host";  // host | isolated (own network namespace, loopback only)
   int64_t pids_max = 0;          // processes and threads in the instance; 0 = the node's default
-  std::string desired;  // "", "running", "stopped": what the last ctl verb asked for
+  std::string desired;           // "", "running", "stopped": what the last ctl verb asked for
   std::string state = "created";
 
   bool operator==(const InstanceRecord&) const = default;

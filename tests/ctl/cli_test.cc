@@ -86,9 +86,9 @@ struct Cli {
   std::string Err() const { return err.str(); }
 };
 
-const std::vector<std::string> kAllVerbs = {"help",   "status", "ls",    "get",  "set",
-                                            "create", "run",    "rm",    "start", "stop", "restart",
-                                            "kill",   "events", "logs",  "top"};
+const std::vector<std::string> kAllVerbs = {"help",    "status", "ls",     "get",   "set",
+                                            "create",  "run",    "rm",     "start", "stop",
+                                            "restart", "kill",   "events", "logs",  "top"};
 
 // ---- help and usage ----
 
@@ -513,9 +513,27 @@ TEST_CASE("create keeps the instance when only the start fails", "[ctl]") {
 TEST_CASE("run makes, specifies and starts an instance; plain words stay, others are quoted",
           "[ctl]") {
   Cli c;
-  REQUIRE(c.Run({"run", "web-1", "--ram-mb", "128", "--env", "A=1", "--cpu-percent=25", "--env",
-                 "B=x y", "--restart", "on-failure", "--network", "isolated", "--", "python3",
-                 "-m", "http.server", "8080", "--bind", "it's here", ""}) == kExitOk);
+  REQUIRE(c.Run({"run",
+                 "web-1",
+                 "--ram-mb",
+                 "128",
+                 "--env",
+                 "A=1",
+                 "--cpu-percent=25",
+                 "--env",
+                 "B=x y",
+                 "--restart",
+                 "on-failure",
+                 "--network",
+                 "isolated",
+                 "--",
+                 "python3",
+                 "-m",
+                 "http.server",
+                 "8080",
+                 "--bind",
+                 "it's here",
+                 ""}) == kExitOk);
   std::string d = kRoot + "/instances/web-1";
   CHECK(c.tree.ops() ==
         std::vector<std::string>{"mkdir " + d, "write " + d + "/spec", "write " + d + "/ctl"});
@@ -550,9 +568,11 @@ TEST_CASE("run removes the instance when its spec is refused; usage errors touch
   c.tree.Fail(FakeTree::Op::kWrite, d + "/spec", EINVAL, d + "/error", "ram_mb: bad\n");
   CHECK(c.Run({"run", "x", "--ram-mb", "lots", "--", "true"}) == kExitFailure);
   CHECK_FALSE(c.tree.Exists(d));
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"run", "x"}, {"run", "x", "--bogus", "1", "--", "true"}, {"run", "a/b", "--", "true"},
-           {"run", "x", "--", "a\nb"}}) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"run", "x"},
+                                             {"run", "x", "--bogus", "1", "--", "true"},
+                                             {"run", "a/b", "--", "true"},
+                                             {"run", "x", "--", "a\nb"}}) {
     Cli u;
     CHECK(u.Run(args) == kExitUsage);
     CHECK(u.tree.ops().empty());

@@ -4,10 +4,11 @@
 //   bench_instances latency --tree DIR --fifo FIFO --reporter PATH --count N
 //                           [--crun-bundle DIR --crun-root DIR] [--samples DIR]
 //     Round-robin over the cases, N times each (so a change in the machine's load hits all alike):
-//       constellation  write("start") to instances/lat-I/ctl -> the command (bench_reporter) reports
-//       unshare        spawn `unshare --pid --fork --mount --uts --ipc REPORTER` -> it reports
-//       unshare_true   spawn `unshare --pid --fork --mount --uts --ipc /bin/true` -> it has exited
-//       crun           spawn `crun run` of a bundle whose process is the reporter -> it reports
+//       constellation  write("start") to instances/lat-I/ctl -> the command (bench_reporter)
+//       reports unshare        spawn `unshare --pid --fork --mount --uts --ipc REPORTER` -> it
+//       reports unshare_true   spawn `unshare --pid --fork --mount --uts --ipc /bin/true` -> it has
+//       exited crun           spawn `crun run` of a bundle whose process is the reporter -> it
+//       reports
 //     The instances lat-0..N-1 are made beforehand (mkdir, spec) and removed afterwards.
 //   bench_instances many --tree DIR --fifo FIFO --reporter PATH --count M --threads T
 //                        --daemon-pid PID
@@ -338,15 +339,14 @@ void Many(const Flags& f) {
     std::string id = "m-" + std::to_string(i);
     std::string d = inst + id;
     if (mkdir(d.c_str(), 0755) != 0) Die("mkdir " + d + ": " + strerror(errno));
-    WriteFile(d + "/spec", "cmd=" + f.reporter + " " + f.fifo + " " + id +
-                               " stay\nram_mb=16\ncpu_percent=10\n");
+    WriteFile(d + "/spec",
+              "cmd=" + f.reporter + " " + f.fifo + " " + id + " stay\nram_mb=16\ncpu_percent=10\n");
     WriteFile(d + "/ctl", "start\n");
   });
   int64_t t_written = NowNs();
   int64_t t_all = fifo.WaitCount("m-", static_cast<size_t>(f.count), 300);
   printf("case=many_start n=%d threads=%d total_s=%.3f writes_done_s=%.3f per_s=%.0f\n", f.count,
-         f.threads, (t_all - t0) / 1e9, (t_written - t0) / 1e9,
-         f.count / ((t_all - t0) / 1e9));
+         f.threads, (t_all - t0) / 1e9, (t_written - t0) / 1e9, f.count / ((t_all - t0) / 1e9));
 
   uint64_t rss1 = RssKb(f.daemon_pid);
   size_t desc = Descendants(f.daemon_pid);
@@ -379,7 +379,8 @@ void Many(const Flags& f) {
 
 int main(int argc, char** argv) {
   Flags f;
-  if (argc < 2) Die("usage: bench_instances latency|many --tree DIR --fifo FIFO --reporter PATH ...");
+  if (argc < 2)
+    Die("usage: bench_instances latency|many --tree DIR --fifo FIFO --reporter PATH ...");
   f.mode = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
