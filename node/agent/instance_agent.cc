@@ -93,14 +93,14 @@ void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
   if (!started_ || stopping_) return;
   for (const InstanceChange& c : changes) {
     if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
-      CN_LOG(Warning) << "instance agent: more than " << kMaxAgentEntries
-                      << " instances changed at once; syncing all of them";
-      resync_ = true;
-      queue_.clear();
-      for (auto& [n, e] : entries_) {
-        e.queued = false;
-        e.verbs.clear();
+      // Beyond the table's bound: forget the queue and sync everything from the records.
+      if (!resync_) {
+        CN_LOG(Warning) << "instance agent: more than " << kMaxAgentEntries
+                        << " instances changed at once; syncing all of them";
       }
+      resync_ = true;
+      entries_.clear();
+      queue_.clear();
     }
     Entry& e = entries_[c.name];
     e.changed_seq = next_seq_++;
@@ -108,7 +108,7 @@ void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
       if (e.verbs.size() >= kMaxQueuedVerbs) e.verbs.erase(e.verbs.begin());
       e.verbs.push_back(c.verb);
     }
-    if (!e.queued && !resync_) {
+    if (!e.queued) {
       e.queued = true;
       queue_.push_back(c.name);
     }
@@ -281,11 +281,13 @@ void InstanceAgent::Loop() {
     if (stopping_) break;
     Completions out;
     if (resync_) {
-      resync_ = false;
       l.unlock();
       Status s = SyncAll();
       l.lock();
+      resync_ = false;
+      // What was queued before the sync is in it; what is queued still gets handled in turn.
       for (auto& [n, e] : entries_) {
+        if (e.queued) continue;
         e.handled_seq = e.changed_seq;
         e.last = s;
       }
