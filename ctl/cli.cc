@@ -132,6 +132,20 @@ class Cli {
     return Fail(MutationError(path, errnum));
   }
 
+  // A failed write to an open ctl file: the daemon decided every errno but EACCES (the open's
+  // permission check) and EINTR, ENOENT included (a start whose command does not exist).
+  int FailCtl(const std::string& path, int errnum) {
+    std::string line = path + ": " + std::strerror(errnum);
+    std::string reason;
+    std::string error_file = ErrorFileFor(path);  // constellation/error: the instance is gone
+    if (errnum != EACCES && errnum != EINTR && error_file != root_ + "/error" &&
+        tree().Read(error_file, &reason) == 0) {
+      reason = FirstLine(reason);
+      if (!reason.empty()) line += ": " + reason;
+    }
+    return Fail(line);
+  }
+
   // instances/<n>/error and nodes/<n>/error while that object exists; constellation/error
   // otherwise (cluster-level files, and objects that a failed mkdir did not create).
   std::string ErrorFileFor(const std::string& path) {
@@ -470,8 +484,85 @@ int CmdRm(Cli& cli, const Verb& verb, const Invocation& inv) {
 
 int WriteCtl(Cli& cli, const std::string& name, const std::string& command) {
   std::string ctl = cli.root() + "/instances/" + name + "/ctl";
-  if (int rc = cli.tree().Write(ctl, command + "\n")) return cli.FailMutation(ctl, rc);
+  if (int rc = cli.tree().Write(ctl, command + "\n")) return cli.FailCtl(ctl, rc);
   return kExitOk;
+}
+
+// One word of a command line as the runtime reads `cmd`: plain words as they are, anything else
+// single-quoted (which makes the runtime hand the line to /bin/sh -c, giving the same argv).
+std::string ShellWord(const std::string& w) {
+  bool plain = !w.empty();
+  for (char c : w) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              std::strchr("_./:,+@%^-", c) != nullptr;
+    plain = plain && ok;
+  }
+  if (plain) return w;
+  std::string out = "'";
+  for (char c : w) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+constexpr FlagSpec kRunFlags[] = {
+    {"--env", nullptr, true, true},        {"--cpu-percent", nullptr, true, false},
+    {"--ram-mb", nullptr, true, false},    {"--disk-mb", nullptr, true, false},
+    {"--pids-max", nullptr, true, false},  {"--network", nullptr, true, false},
+    {"--restart", nullptr, true, false},   {"--node", nullptr, true, false},
+    {"--namespace", nullptr, true, false},
+};
+constexpr SpecField kRunFields[] = {
+    {"--env", "env"},
+    {"--cpu-percent", "cpu_percent"},
+    {"--ram-mb", "ram_mb"},
+    {"--disk-mb", "disk_mb"},
+    {"--pids-max", "pids_max"},
+    {"--network", "network"},
+    {"--restart", "restart"},
+    {"--node", "node"},
+    {"--namespace", "namespace"},
+};
+
+// run NAME [flags] -- CMD [ARGS...]: mkdir, one spec write, start; the instance stays (in its
+// failed state) when the start fails, and is removed again when the spec is refused.
+int CmdRun(Cli& cli, const Verb& verb, const Invocation& inv) {
+  const std::string& name = inv.args[0];
+  if (!Cli::ValidName(name)) return cli.Usage(&verb, "bad instance name \"" + name + "\"");
+  std::string cmd;
+  for (size_t i = 1; i < inv.args.size(); ++i) {
+    if (inv.args[i].find('\n') != std::string::npos) {
+      return cli.Usage(&verb, "the command must not contain a newline");
+    }
+    if (i > 1) cmd += ' ';
+    cmd += ShellWord(inv.args[i]);
+  }
+  std::string spec = "cmd=" + cmd + "\n";
+  for (const SpecField& f : kRunFields) {
+    auto it = inv.flags.find(f.flag);
+    if (it == inv.flags.end()) continue;
+    for (const std::string& v : it->second) {
+      if (v.find('\n') != std::string::npos) {
+        return cli.Usage(&verb, std::string(f.flag) + " value must not contain a newline");
+      }
+      spec += std::string(f.key) + "=" + v + "\n";
+    }
+  }
+  std::string dir = cli.root() + "/instances/" + name;
+  if (int rc = cli.tree().Mkdir(dir)) return cli.FailMutation(dir, rc);
+  std::string spec_path = dir + "/spec";
+  if (int rc = cli.tree().Write(spec_path, spec)) {
+    std::string message = cli.MutationError(spec_path, rc);
+    int rm = cli.tree().Rmdir(dir);
+    cli.Fail(message);
+    if (rm != 0) cli.FailMutation(dir, rm);
+    return kExitFailure;
+  }
+  return WriteCtl(cli, name, "start");
 }
 
 // start, stop, restart: the verb's own name is what goes into ctl.
@@ -709,6 +800,19 @@ const Verb kVerbs[] = {
      .flags = kCreateFlags,
      .details = "mkdir instances/NAME, then one write of the given fields to its spec (the\n"
                 "instance is removed again if that write fails), then `start` to its ctl."},
+    {.name = "run",
+     .min_args = 2,
+     .max_args = -1,
+     .usage = "run NAME [--env K=V]... [--cpu-percent N] [--ram-mb N] [--disk-mb N] "
+              "[--pids-max N] [--network host|isolated] [--restart P] [--node N] "
+              "[--namespace NS] -- CMD [ARGS...]",
+     .help = "create an instance running CMD and start it",
+     .handler = CmdRun,
+     .flags = kRunFlags,
+     .details = "mkdir instances/NAME, one write of cmd and the given fields to its spec (the\n"
+                "instance is removed again if it is refused), then `start` to its ctl, which\n"
+                "returns once CMD runs (or with the reason it cannot). Words of CMD that are\n"
+                "not plain are single-quoted, so the instance sees the same arguments."},
     {.name = "rm",
      .min_args = 1,
      .max_args = -1,

@@ -1,8 +1,12 @@
 #include "fsd/control_tree.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <condition_variable>
 #include <span>
 
 #include "fsd/ctl_parse.h"
@@ -70,6 +74,8 @@ const ControlTree::FileSpec ControlTree::Tables::kInstanceFiles[] = {
     {"cpu_percent", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
     {"ram_mb", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
     {"disk_mb", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
+    {"pids_max", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
+    {"network", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
     {"restart", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
     {"node", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
     {"placement", 0644, &T::ReadInstanceField, &T::WriteInstanceField},
@@ -277,6 +283,14 @@ Result<Attr> ControlTree::AttrFor(const Node& node, uint64_t ino) {
   } else {
     a.mode = S_IFREG | files[node.file].mode;
   }
+  if (node.kind == Kind::kInstanceFile && std::string_view(files[node.file].name) == "log") {
+    std::string path = LogPathOf(node.object);
+    struct stat st;
+    if (!path.empty() && stat(path.c_str(), &st) == 0) {
+      a.size = static_cast<uint64_t>(st.st_size);
+      a.mtime_ms = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+    }
+  }
   return a;
 }
 
@@ -435,11 +449,47 @@ Status ControlTree::Refuse(uint64_t parent, std::string_view name, std::string_v
   return why;
 }
 
+namespace {
+
+// Waits for an asynchronous verdict.
+class Verdict {
+ public:
+  ControlTree::Done Callback() {
+    return [this](Status s) {
+      std::lock_guard<std::mutex> l(mu_);
+      status_ = std::move(s);
+      done_ = true;
+      cv_.notify_all();
+    };
+  }
+  Status Wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return done_; });
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  Status status_;
+};
+
+}  // namespace
+
 Status ControlTree::Write(uint64_t ino, std::string_view data, const Caller& caller) {
-  CN_ASSIGN_OR_RETURN(Node n, Resolve(ino));
+  Verdict v;
+  WriteAsync(ino, data, caller, v.Callback());
+  return v.Wait();
+}
+
+void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& caller, Done done) {
+  Result<Node> resolved = Resolve(ino);
+  if (!resolved.ok()) return done(resolved.status());
+  const Node& n = *resolved;
   size_t count = 0;
   const FileSpec* files = FilesOf(n.kind, &count);
-  if (n.file < 0 || files == nullptr) return Status(Code::kIsDirectory, "is a directory");
+  if (n.file < 0 || files == nullptr) return done(Status(Code::kIsDirectory, "is a directory"));
   const FileSpec& f = files[n.file];
   std::string_view value = data;
   if (!value.empty() && value.back() == '\n') value.remove_suffix(1);
@@ -469,12 +519,26 @@ Status ControlTree::Write(uint64_t ino, std::string_view data, const Caller& cal
     a.result = CodeName(local.code());
     (void)Propose(std::move(a), caller, key);
     SetError(key, local);
-    return local;
+    return done(local);
   }
   c.op = "write";
   c.path = PathOf(n);
   if (c.value.empty()) c.value = std::string(value);
-  return Propose(std::move(c), caller, key);
+  InstanceAgent::Wait wait = InstanceAgent::Wait::kApplied;
+  if (c.type == CommandType::kInstanceCtl) {
+    std::string_view verb = std::string_view(c.value).substr(0, c.value.find(' '));
+    if (verb == "start" || verb == "restart") wait = InstanceAgent::Wait::kStarted;
+    if (verb == "stop") wait = InstanceAgent::Wait::kSettled;
+  }
+  bool instance = c.type == CommandType::kInstanceCtl || c.type == CommandType::kInstanceSet ||
+                  c.type == CommandType::kInstanceSpec;
+  std::string object = c.object;
+  Status s = Propose(std::move(c), caller, key);
+  if (!s.ok() || !instance || options_.agent == nullptr) return done(s);
+  options_.agent->AfterCommit(object, wait, [this, key, done = std::move(done)](Status v) {
+    if (!v.ok()) SetError(key, v);
+    done(v);
+  });
 }
 
 Result<Attr> ControlTree::Mkdir(uint64_t parent, std::string_view name, const Caller& caller) {
@@ -494,10 +558,19 @@ Result<Attr> ControlTree::Mkdir(uint64_t parent, std::string_view name, const Ca
 }
 
 Status ControlTree::Rmdir(uint64_t parent, std::string_view name, const Caller& caller) {
-  CN_ASSIGN_OR_RETURN(Node p, Resolve(parent));
-  if (p.kind != Kind::kInstancesDir) {
-    return Refuse(parent, name, "rmdir",
-                  Status::NotPermitted("only instances/<name> directories can be removed"), caller);
+  Verdict v;
+  RmdirAsync(parent, name, caller, v.Callback());
+  return v.Wait();
+}
+
+void ControlTree::RmdirAsync(uint64_t parent, std::string_view name, const Caller& caller,
+                             Done done) {
+  Result<Node> p = Resolve(parent);
+  if (!p.ok()) return done(p.status());
+  if (p->kind != Kind::kInstancesDir) {
+    return done(Refuse(parent, name, "rmdir",
+                       Status::NotPermitted("only instances/<name> directories can be removed"),
+                       caller));
   }
   std::string n(name.substr(0, 255));
   bool exists = options_.replica->state().GetInstance(n).has_value();
@@ -508,7 +581,8 @@ Status ControlTree::Rmdir(uint64_t parent, std::string_view name, const Caller& 
   c.path = "instances/" + n;
   Status s = Propose(std::move(c), caller, exists ? "i/" + n : "c");
   if (s.ok()) SetError("i/" + n, Status::Ok());
-  return s;
+  if (!s.ok() || options_.agent == nullptr) return done(s);
+  options_.agent->AfterCommit(n, InstanceAgent::Wait::kRemoved, std::move(done));
 }
 
 // --- readers and writers ------------------------------------------------------------------
@@ -635,16 +709,66 @@ Result<Command> ControlTree::WriteInstanceCtl(const Node& n, std::string_view va
   return c;
 }
 
+std::string ControlTree::LogPathOf(const std::string& instance) {
+  runtime::Runtime* rt = options_.agent == nullptr ? nullptr : options_.agent->runtime();
+  return rt == nullptr ? std::string() : rt->LogPath(instance);
+}
+
+bool ControlTree::IsFileBacked(uint64_t ino) {
+  Result<Node> n = Resolve(ino);
+  return n.ok() && n->kind == Kind::kInstanceFile &&
+         std::string_view(Tables::kInstanceFiles[n->file].name) == "log";
+}
+
+Result<std::string> ControlTree::ReadAt(uint64_t ino, uint64_t offset, size_t size) {
+  CN_ASSIGN_OR_RETURN(Node n, Resolve(ino));
+  return ReadLog(n.object, offset, size);
+}
+
+Result<std::string> ControlTree::ReadLog(const std::string& instance, uint64_t offset,
+                                         size_t size) {
+  std::string path = LogPathOf(instance);
+  std::string out;
+  if (path.empty()) return out;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return out;  // never started: an empty log
+    return Status::FromErrno(errno, "open " + path);
+  }
+  out.resize(std::min<size_t>(size, 1 << 20));
+  ssize_t r;
+  do {
+    r = pread(fd, out.data(), out.size(), static_cast<off_t>(offset));
+  } while (r < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (r < 0) return Status::FromErrno(err, "read " + path);
+  out.resize(static_cast<size_t>(r));
+  return out;
+}
+
 Result<std::string> ControlTree::ReadInstanceRuntime(const Node& n) {
   std::optional<InstanceRecord> r = options_.replica->state().GetInstance(n.object);
   if (!r) return Status::NotFound("instance " + n.object + " no longer exists");
   std::string_view f = Tables::kInstanceFiles[n.file].name;
-  if (f == "state") return r->state + "\n";
-  if (f == "stats") {
-    return std::string(
-        "cpu_percent 0\nram_mb 0\nram_peak_mb 0\ndisk_mb 0\nrestarts 0\nuptime_s 0\n");
+  if (f == "log") return ReadLog(n.object, 0, 1 << 20);
+  runtime::Runtime* rt = options_.agent == nullptr ? nullptr : options_.agent->runtime();
+  Result<runtime::InstanceStatus> st = rt == nullptr
+                                           ? Result<runtime::InstanceStatus>(Status::NotFound(""))
+                                           : rt->Get(n.object, /*usage=*/f == "stats");
+  if (!st.ok()) {
+    // Not (yet) known to this node's runtime: what the record says.
+    if (f == "state") return r->state + "\n";
+    if (f == "stats") return runtime::FormatStats(runtime::InstanceStatus{});
+    return std::string();
   }
-  return std::string();  // pid, exit_code, log: nothing until the runtime runs it
+  if (f == "state") return st->state + "\n";
+  if (f == "pid") return st->pid > 0 ? std::to_string(st->pid) + "\n" : std::string();
+  if (f == "exit_code") {
+    return st->exit_code >= 0 ? std::to_string(st->exit_code) + "\n" : std::string();
+  }
+  if (f == "stats") return runtime::FormatStats(*st);
+  return Status::Internal("unhandled instance file");
 }
 
 }  // namespace constellation

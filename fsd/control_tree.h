@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "node/agent/instance_agent.h"
 #include "node/base/status.h"
 #include "node/state/replica.h"
 
@@ -44,6 +45,7 @@ struct Attr {
   uint32_t gid = 0;
   uint32_t nlink = 1;
   int64_t mtime_ms = 0;
+  uint64_t size = 0;  // 0 for control values (like /proc); the real size of a file-backed `log`
   // The entry and its attributes never change while the daemon runs (fixed directories and
   // cluster-wide files): the kernel may cache them.
   bool stable = false;
@@ -68,6 +70,10 @@ struct ControlTreeOptions {
   std::function<Status()> collect_garbage;
   // More `key value` lines for `status` (the cluster's: role, voters, refused connections...).
   std::function<std::string()> cluster_status;
+  // Runs this node's instances: writes to an instance wait for it (see Write), and `state`,
+  // `pid`, `exit_code`, `stats` and `log` come from its runtime. nullptr: the files show the
+  // records only (unit tests).
+  InstanceAgent* agent = nullptr;
 };
 
 class ControlTree {
@@ -84,9 +90,22 @@ class ControlTree {
   bool IsCtlFile(uint64_t ino);
   // The content of a file, read from the current state.
   Result<std::string> Read(uint64_t ino);
-  // Applies one write(2): `data` is one whole value; a trailing newline is dropped.
-  Status Write(uint64_t ino, std::string_view data, const Caller& caller);
+  // A file whose content is a file on the node's disk, read at any offset (an instance's `log`):
+  // tail -f follows it by its size and mtime, which GetAttr reports.
+  bool IsFileBacked(uint64_t ino);
+  Result<std::string> ReadAt(uint64_t ino, uint64_t offset, size_t size);
+
+  using Done = std::function<void(Status)>;
+  // Applies one write(2): `data` is one whole value; a trailing newline is dropped. The verdict
+  // comes once the command is committed and applied and, for an instance of this node, once the
+  // runtime has acted on it: a limit is set on the running process; `start`/`restart` have
+  // exec'd the command (or failed to: the error names why); `stop` has stopped it (SIGTERM, the
+  // grace period, SIGKILL). `done` is called exactly once, possibly later on another thread.
+  void WriteAsync(uint64_t ino, std::string_view data, const Caller& caller, Done done);
+  Status Write(uint64_t ino, std::string_view data, const Caller& caller);  // waits for it
   Result<Attr> Mkdir(uint64_t parent, std::string_view name, const Caller& caller);
+  // rmdir of an instance answers once its process is stopped and its files are gone.
+  void RmdirAsync(uint64_t parent, std::string_view name, const Caller& caller, Done done);
   Status Rmdir(uint64_t parent, std::string_view name, const Caller& caller);
   // The refusal for operations the tree does not allow (create, unlink, rename ...), with its
   // message stored in the right `error` file and the attempt audited.
@@ -145,6 +164,8 @@ class ControlTree {
   Result<Command> WriteInstanceSpec(const Node& n, std::string_view value);
   Result<Command> WriteInstanceCtl(const Node& n, std::string_view value);
   Result<std::string> ReadInstanceRuntime(const Node& n);
+  std::string LogPathOf(const std::string& instance);  // "" without a runtime
+  Result<std::string> ReadLog(const std::string& instance, uint64_t offset, size_t size);
 
   const ControlTreeOptions options_;
   std::mutex mu_;  // guards the maps below

@@ -26,9 +26,10 @@ struct Handle {
   uint64_t ino = 0;
   bool cluster = false;  // a file of cluster/ (ClusterFs), not a control file
   bool events = false;
-  bool accumulate = false;  // writes build one value (all but ctl files), see Write
-  std::mutex mu;            // guards the fields below
-  std::string written;      // what this open file has written, by offset
+  bool accumulate = false;   // writes build one value (all but ctl files), see Write
+  bool file_backed = false;  // an instance's log: read at any offset (ControlTree::ReadAt)
+  std::mutex mu;             // guards the fields below
+  std::string written;       // what this open file has written, by offset
   bool has_snapshot = false;
   std::string snapshot;
   uint64_t cursor = 0;
@@ -49,6 +50,7 @@ struct stat ToStat(const Attr& a) {
   st.st_uid = a.uid;
   st.st_gid = a.gid;
   st.st_blksize = 4096;
+  st.st_size = static_cast<off_t>(a.size);
   st.st_mtim.tv_sec = a.mtime_ms / 1000;
   st.st_mtim.tv_nsec = (a.mtime_ms % 1000) * 1000000;
   st.st_ctim = st.st_mtim;
@@ -513,6 +515,7 @@ struct FuseFront::Impl {
     h->ino = ino;
     h->events = self->tree->IsEventsFile(ino);
     h->accumulate = !self->tree->IsCtlFile(ino);
+    h->file_backed = self->tree->IsFileBacked(ino);
     fi->direct_io = 1;
     fi->keep_cache = 0;
     {
@@ -586,6 +589,12 @@ struct FuseFront::Impl {
       return;
     }
     if (h->events) return self->ReadEvents(req, h, size, fi->flags);
+    if (h->file_backed) {
+      Result<std::string> data = self->tree->ReadAt(ino, static_cast<uint64_t>(off), size);
+      if (!data.ok()) return ReplyStatus(req, data.status());
+      fuse_reply_buf(req, data->data(), data->size());
+      return;
+    }
     std::string slice;
     {
       std::lock_guard<std::mutex> hl(h->mu);
@@ -617,7 +626,13 @@ struct FuseFront::Impl {
       s = self->cluster->Write(ino, static_cast<uint64_t>(off), std::string_view(buf, size),
                                CallerOf(req));
     } else if (!h->accumulate) {
-      s = self->tree->Write(ino, std::string_view(buf, size), CallerOf(req));
+      // A ctl verb may wait for its instance (a stop takes the grace period): answered later,
+      // without holding this worker thread.
+      return self->tree->WriteAsync(ino, std::string_view(buf, size), CallerOf(req),
+                                    [req, size](Status v) {
+                                      if (!v.ok()) return ReplyStatus(req, v);
+                                      fuse_reply_write(req, size);
+                                    });
     } else {
       std::lock_guard<std::mutex> hl(h->mu);  // one write at a time per open file, in order
       size_t end = static_cast<size_t>(off) + size;
@@ -674,7 +689,8 @@ struct FuseFront::Impl {
       return ReplyStatus(req,
                          From(req)->cluster->Remove(FsOpType::kRmdir, parent, name, CallerOf(req)));
     }
-    ReplyStatus(req, From(req)->tree->Rmdir(parent, name, CallerOf(req)));
+    From(req)->tree->RmdirAsync(parent, name, CallerOf(req),
+                                [req](Status v) { ReplyStatus(req, v); });
   }
 
   static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,

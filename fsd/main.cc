@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -23,8 +25,11 @@
 #include "fsd/cluster_fs.h"
 #include "fsd/control_tree.h"
 #include "fsd/fuse_front.h"
+#include "node/agent/instance_agent.h"
 #include "node/base/log.h"
 #include "node/cluster/cluster_node.h"
+#include "node/runtime/launcher.h"
+#include "node/runtime/runtime.h"
 #include "node/state/replica.h"
 
 namespace constellation {
@@ -61,6 +66,18 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     (chunks of writes in flight; default 3600)
   --reserve-mb N    refuse new writes (ENOSPC) while the data dir's file system has less than N MiB
                     free, so committed entries can always be applied (default: 64)
+
+Instances (their state lives in DATA/instances):
+  --interpreter EXT=PATH
+                    run a `cmd` whose first word ends in .EXT with the interpreter PATH, e.g.
+                    --interpreter rads=/usr/local/bin/rads (repeatable; EXT without the dot)
+  --leave-instances on SIGTERM/SIGINT leave running instances running; the next daemon finds and
+                    adopts them. Default: stop them (SIGTERM, grace period, SIGKILL) before exiting;
+                    those that were running start again when the daemon comes back. A crash or
+                    kill -9 always leaves them running, to be adopted.
+  --stop-grace-s N  seconds between SIGTERM and SIGKILL when an instance stops (default: 10)
+  --cgroup-parent P control groups of instances are P/NODE/NAME under each cgroup hierarchy
+                    (default: constellation)
   --help            this text
   --version         print the version
 
@@ -89,6 +106,10 @@ struct Flags {
   int64_t write_timeout_ms = 10000;
   int64_t join_timeout_s = 60;
   uint64_t log_keep = 10000;
+  std::map<std::string, std::string> interpreters;
+  bool leave_instances = false;
+  int64_t stop_grace_s = 10;
+  std::string cgroup_parent = "constellation";
 };
 
 Result<LogLevel> ParseLogLevel(const std::string& s) {
@@ -200,8 +221,10 @@ void MakeLinks(const std::string& mount) {
         CN_LOG(Warning) << "cannot replace the link " << link << ": " << strerror(errno);
         continue;
       }
-    } else if (errno != ENOENT) {
-      CN_LOG(Warning) << link << " exists and is not a link; leaving it alone";
+    } else if (errno != ENOENT && rmdir(link.c_str()) != 0) {
+      // An empty directory (an instance's bind target made before the links existed) gives way.
+      CN_LOG(Warning) << link
+                      << " exists and is not a link or an empty directory; leaving it alone";
       continue;
     }
     if (symlink(target.c_str(), link.c_str()) != 0) {
@@ -250,6 +273,11 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     ready(s.message());
     return 1;
   }
+  // The agent exists before the replica so that it sees every change committed once it starts.
+  InstanceAgentOptions ao;
+  ao.node_name = f.name;
+  ao.settle_timeout_ms = f.stop_grace_s * 1000 + 10000;
+  auto agent = std::make_unique<InstanceAgent>(ao);
   ReplicaOptions ro;
   ro.data_dir = f.data;
   ro.node_name = f.name;
@@ -276,6 +304,9 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     cluster_node->Configure(&ro);
     f.addr = cluster_node->address();
   }
+  ro.on_instance_changes = [a = agent.get()](const std::vector<InstanceChange>& c) {
+    a->OnChanges(c);
+  };
   Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
   if (!replica.ok()) {
     ready("cannot open the data dir " + f.data + ": " + replica.status().message());
@@ -356,6 +387,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     SetLogLevel(l);
     return Status::Ok();
   };
+  to.agent = agent.get();
   ControlTree tree(to);
   FuseFrontOptions fo;
   fo.tree = &tree;
@@ -372,9 +404,41 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     return 1;
   }
   if (f.links) MakeLinks(f.mount);
-  CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data << ", cluster "
-               << (*replica)->GetStatus().cluster_id << ")";
-  ready("");
+  // The runtime starts once the tree is served: starting an instance bind-mounts M/cluster and
+  // M/constellation into it, which the FUSE loop must answer. Start-up is reported (ready) after
+  // the instances are adopted and synced with their records.
+  std::unique_ptr<runtime::Runtime> rt;
+  bool startup_failed = false;
+  std::thread starter([&] {
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, nullptr);  // the kill below must reach the FUSE loop
+    runtime::Runtime::Options ro;
+    ro.node = f.name;
+    ro.data_dir = f.data + "/instances";
+    ro.cgroup_parent = f.cgroup_parent;
+    ro.binds = {{f.mount + "/cluster", "/cluster"}, {f.mount + "/constellation", "/constellation"}};
+    ro.interpreters = f.interpreters;
+    ro.stop_on_shutdown = !f.leave_instances;
+    ro.stop_grace_ms = f.stop_grace_s * 1000;
+    Result<std::unique_ptr<runtime::Runtime>> opened = runtime::Runtime::Open(ro);
+    if (!opened.ok()) {
+      startup_failed = true;
+      ready("cannot start the instance runtime: " + opened.status().message());
+      kill(getpid(), SIGTERM);  // ends the FUSE loop
+      return;
+    }
+    rt = std::move(opened).value();
+    CN_LOG(Info) << "instances: cgroups " << rt->cgroup_layout().ToString() << "; "
+                 << rt->List().size() << " found in " << ro.data_dir;
+    Status synced = agent->Start(&(*replica)->state(), rt.get(), (*replica)->events());
+    if (!synced.ok())
+      CN_LOG(Warning) << "instances: not all records could be applied: " << synced.ToString();
+    CN_LOG(Info) << "node " << f.name << " serving " << f.mount << " (data " << f.data
+                 << ", cluster " << (*replica)->GetStatus().cluster_id << ")";
+    ready("");
+  });
   // Garbage collection of chunks every 10 minutes (and on `echo gc > constellation/ctl`).
   std::mutex gc_mu;
   std::condition_variable gc_cv;
@@ -389,6 +453,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     }
   });
   s = (*front)->Run();
+  starter.join();
   {
     std::lock_guard<std::mutex> l(gc_mu);
     gc_stop = true;
@@ -397,12 +462,20 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   gc.join();
   fuse_remove_signal_handlers((*front)->session());
   CN_LOG(Info) << "shutting down";
-  front->reset();  // unmounts
+  agent->Shutdown();  // answers writes still waiting for their instance
+  front->reset();     // unmounts
   if (cluster_node) cluster_node->Detach();
+  if (rt) {
+    CN_LOG(Info) << (f.leave_instances ? "leaving instances running"
+                                       : "stopping instances (SIGTERM, then SIGKILL after " +
+                                             std::to_string(f.stop_grace_s) + " s)");
+    rt.reset();
+  }
   replica->reset();  // finishes the work in hand and closes the store
   detach_first.node = nullptr;
   cluster_node.reset();
   close(*lock);
+  if (startup_failed) return 1;
   if (!s.ok()) {
     CN_LOG(Error) << s.ToString();
     return 1;
@@ -433,6 +506,10 @@ int Main(int argc, char** argv) {
                                     {"write-timeout-ms", required_argument, nullptr, 'w'},
                                     {"log-keep", required_argument, nullptr, 'K'},
                                     {"join-timeout-s", required_argument, nullptr, 'J'},
+                                    {"interpreter", required_argument, nullptr, 'i'},
+                                    {"leave-instances", no_argument, nullptr, 'E'},
+                                    {"stop-grace-s", required_argument, nullptr, 's'},
+                                    {"cgroup-parent", required_argument, nullptr, 'c'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -521,6 +598,36 @@ int Main(int argc, char** argv) {
           return 2;
         }
         f.reserve_mb = v;
+        break;
+      }
+      case 'i': {
+        Status is = runtime::ParseInterpreterFlag(optarg, &f.interpreters);
+        if (!is.ok()) {
+          fprintf(stderr, "constellationd: --interpreter: %s\n", is.message().c_str());
+          return 2;
+        }
+        break;
+      }
+      case 'E':
+        f.leave_instances = true;
+        break;
+      case 's': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 0 || v > 3600) {
+          fprintf(stderr, "constellationd: --stop-grace-s: \"%s\" is not 0..3600\n", optarg);
+          return 2;
+        }
+        f.stop_grace_s = v;
+        break;
+      }
+      case 'c': {
+        Status cs = runtime::ValidateCgroupPath(optarg);
+        if (!cs.ok()) {
+          fprintf(stderr, "constellationd: --cgroup-parent: %s\n", cs.message().c_str());
+          return 2;
+        }
+        f.cgroup_parent = optarg;
         break;
       }
       case 'h':

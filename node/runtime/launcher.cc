@@ -122,12 +122,15 @@ struct ChildPlan {
   if (p.proc && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
       errno != EPERM)
     ChildFail(p, kMountProc, errno);
-  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, p.tmp_opts) != 0)
-    ChildFail(p, kMountTmp, errno);
+  // The working directory and the binds' sources may lie under /tmp (a daemon whose data dir or
+  // mount is there): both are taken before the private /tmp hides them.
+  if (chdir(p.cwd) != 0) ChildFail(p, kChdir, errno);
   for (size_t i = 0; i < p.binds.size(); ++i) {
     if (mount(p.binds[i].first, p.binds[i].second, nullptr, MS_BIND | MS_REC, nullptr) != 0)
       ChildFail(p, kBind, errno, static_cast<int32_t>(i));
   }
+  if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, p.tmp_opts) != 0)
+    ChildFail(p, kMountTmp, errno);
   if (sethostname(p.hostname, p.hostname_len) != 0) ChildFail(p, kHostname, errno);
   // A daemon protected from the OOM killer (oom_score_adj -1000) must not pass that on: the
   // instance's memory cgroup could not kill it when it exceeds ram_mb.
@@ -154,7 +157,6 @@ struct ChildPlan {
     if (setgroups(0, nullptr) != 0 || setgid(p.gid) != 0) ChildFail(p, kSetgid, errno);
     if (setuid(p.uid) != 0) ChildFail(p, kSetuid, errno);
   }
-  if (chdir(p.cwd) != 0) ChildFail(p, kChdir, errno);
   if (p.script != nullptr && access(p.script, R_OK) != 0) ChildFail(p, kScript, errno);
 
   // Nothing of the daemon's (FUSE device, sockets, the store) may leak into the instance.

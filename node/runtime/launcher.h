@@ -10,10 +10,11 @@
 // one that exits without running anything: the child sees EOF instead of the release byte and
 // exits). Then it sets up, in this order: a new session; every mount made a slave of the host's
 // (host mounts still propagate in, none of its own propagate out); a fresh /proc for its PID
-// namespace; a private tmpfs on /tmp (mode 1777; its pages are charged to the memory cgroup);
-// the bind mounts (e.g. the node's cluster/ and constellation/); the hostname; loopback up when the
-// network is isolated; stdin from /dev/null and stdout+stderr appended to the log file; the
-// working directory; the uid/gid; and execs. Any failure is written to a CLOEXEC pipe as
+// namespace; the working directory and the bind mounts (e.g. the node's cluster/ and
+// constellation/), both before /tmp is replaced, since they may lie under the host's /tmp; a
+// private tmpfs on /tmp (mode 1777; its pages are charged to the memory cgroup); the hostname;
+// loopback up when the network is isolated; stdin from /dev/null and stdout+stderr appended to the
+// log file; the uid/gid; and execs. Any failure is written to a CLOEXEC pipe as
 // (stage, errno) and the child exits 127; a successful exec closes the pipe, so Launch knows the
 // outcome before it returns, and "no such file" comes back as a Status, not as exit code 127.
 //

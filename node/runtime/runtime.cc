@@ -445,6 +445,7 @@ void Runtime::Step(Instance* inst, const Event& event) {
     Event e = queue[i];
     for (const Action& a : inst->lc.Handle(Now(), e)) Perform(inst, a, &queue);
   }
+  Refresh(inst);
 }
 
 void Runtime::Perform(Instance* inst, const Action& a, std::vector<Event>* follow_ups) {
@@ -630,6 +631,7 @@ void Runtime::Sample(Instance* inst, int64_t now) {
   }
   inst->last_cpu_ns = *cpu;
   inst->last_sample_ms = now;
+  Refresh(inst);
 }
 
 void Runtime::TrimLog(Instance* inst) {
@@ -639,6 +641,7 @@ void Runtime::TrimLog(Instance* inst) {
   } else if (*dropped > 0) {
     inst->log_trimmed += *dropped;
     PersistStatus(inst);
+    Refresh(inst);
   }
 }
 
@@ -705,6 +708,7 @@ void Runtime::Adopt(const std::string& name) {
   Instance* raw = inst.get();
   by_id_[raw->id] = raw;
   instances_[name] = std::move(inst);
+  Refresh(raw);
 
   bool had_process = state == "starting" || state == "running" || state == "stopping";
   auto pid_text = ReadSmallFile(dir + "/pid", 256);
@@ -851,6 +855,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
     unlink((inst->dir + "/pid").c_str());
     unlink((inst->dir + "/status").c_str());
     PersistStatus(inst);
+    Refresh(inst);
     CN_RETURN_IF_ERROR(PersistSpec(inst));
   } else {
     const InstanceSpec& old = inst->spec;
@@ -883,6 +888,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
   if (merged == inst->spec) return Status::Ok();  // level-triggered repeats cost nothing
   inst->spec = merged;
   Status persisted = PersistSpec(inst);
+  Refresh(inst);
   if (merged.desired != before) {
     inst->stopped_by_shutdown = false;
     Step(inst, merged.desired == Desired::kRunning ? Event(ev::Start{}) : Event(ev::Stop{}));
@@ -948,6 +954,7 @@ Status Runtime::Remove(const std::string& name) {
 
 void Runtime::RemoveLocked(Instance* inst) {
   inst->removing = true;
+  Refresh(inst);
   inst->spec.desired = Desired::kStopped;
   PersistSpec(inst).ok();
   Step(inst, ev::Stop{});
@@ -979,6 +986,10 @@ void Runtime::FinalizeRemovals() {
     std::optional<InstanceSpec> again = std::move(inst->recreate);
     by_id_.erase(inst->id);
     instances_.erase(name);
+    {
+      std::lock_guard<std::mutex> lock(status_mu_);
+      snapshots_.erase(name);
+    }
     if (again) {
       Status a = ApplyLocked(*again);
       if (!a.ok()) CN_LOG(Warning) << "runtime: recreate " << name << ": " << a.ToString();
@@ -1006,33 +1017,25 @@ Status Runtime::Sync(const std::vector<InstanceSpec>& specs) {
   return first;
 }
 
-Result<InstanceStatus> Runtime::Get(const std::string& name) const {
+Result<InstanceStatus> Runtime::Get(const std::string& name, bool usage) const {
   InstanceStatus out;
   Cgroup cg;
   std::string work, image;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    Instance* inst = Find(name);
-    if (inst == nullptr) return Status::NotFound("no instance " + name);
-    const Lifecycle& lc = inst->lc;
-    out.name = name;
-    out.state = lc.state();
-    out.pid = inst->pid;
-    out.exit_code = lc.exit_code();
-    out.error = lc.error();
-    out.desired = inst->spec.desired;
-    out.cpu_percent = inst->cpu_percent;
-    out.restarts = lc.restarts();
-    out.backoff_ms = lc.backoff_ms();
+    std::lock_guard<std::mutex> lock(status_mu_);
+    auto it = snapshots_.find(name);
+    if (it == snapshots_.end()) return Status::NotFound("no instance " + name);
+    const Snapshot& snap = it->second;
+    out = snap.status;
     int64_t now = Now();
-    if (lc.restart_at_ms() > 0) out.restart_in_ms = std::max<int64_t>(0, lc.restart_at_ms() - now);
-    if (lc.running_since_ms() > 0)
-      out.uptime_s = std::max<int64_t>(0, now - lc.running_since_ms()) / 1000;
-    out.log_trimmed_bytes = inst->log_trimmed;
-    cg = inst->cgroup;
-    work = inst->dir + "/work";
-    image = inst->dir + "/disk.img";
+    if (snap.restart_at_ms > 0) out.restart_in_ms = std::max<int64_t>(0, snap.restart_at_ms - now);
+    if (snap.running_since_ms > 0)
+      out.uptime_s = std::max<int64_t>(0, now - snap.running_since_ms) / 1000;
+    cg = snap.cgroup;
+    work = snap.dir + "/work";
+    image = snap.dir + "/disk.img";
   }
+  if (!usage) return out;
   // File reads outside the lock.
   if (!cg.dirs().empty()) {
     auto st = cg.ReadStats();
@@ -1048,12 +1051,35 @@ Result<InstanceStatus> Runtime::Get(const std::string& name) const {
 }
 
 std::vector<std::string> Runtime::List() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(status_mu_);
   std::vector<std::string> out;
-  for (const auto& [name, inst] : instances_) {
-    if (!inst->removing) out.push_back(name);
+  for (const auto& [name, snap] : snapshots_) {
+    if (!snap.removing) out.push_back(name);
   }
   return out;
+}
+
+void Runtime::Refresh(const Instance* inst) {
+  const Lifecycle& lc = inst->lc;
+  Snapshot snap;
+  InstanceStatus& out = snap.status;
+  out.name = inst->name;
+  out.state = lc.state();
+  out.pid = inst->pid;
+  out.exit_code = lc.exit_code();
+  out.error = lc.error();
+  out.desired = inst->spec.desired;
+  out.cpu_percent = inst->cpu_percent;
+  out.restarts = lc.restarts();
+  out.backoff_ms = lc.backoff_ms();
+  out.log_trimmed_bytes = inst->log_trimmed;
+  snap.running_since_ms = lc.running_since_ms();
+  snap.restart_at_ms = lc.restart_at_ms();
+  snap.cgroup = inst->cgroup;
+  snap.dir = inst->dir;
+  snap.removing = inst->removing;
+  std::lock_guard<std::mutex> lock(status_mu_);
+  snapshots_[inst->name] = std::move(snap);
 }
 
 std::string Runtime::LogPath(const std::string& name) const {

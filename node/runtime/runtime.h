@@ -173,7 +173,11 @@ class Runtime {
   // Apply for each spec, Remove for every instance not listed.
   Status Sync(const std::vector<InstanceSpec>& specs);
 
-  Result<InstanceStatus> Get(const std::string& name) const;
+  // Get and List never wait for the runtime's lock (a start holds it until exec): they read a
+  // snapshot refreshed after every change, so file reads stay fast while instances start.
+  // usage=false leaves out what needs file reads (ram, oom_kills, pids, disk): it only takes a
+  // short internal lock, never does I/O.
+  Result<InstanceStatus> Get(const std::string& name, bool usage = true) const;
   std::vector<std::string> List() const;
   // <data_dir>/<name>/log; exists once the instance has been started.
   std::string LogPath(const std::string& name) const;
@@ -205,6 +209,8 @@ class Runtime {
   void TrimLog(Instance* inst);
   void RearmTimer();
   void Adopt(const std::string& name);
+  // Copies what Get shows of `inst` into snapshots_ (mu_ held; takes status_mu_).
+  void Refresh(const Instance* inst);
   void KillStrayCgroups();
   Status PersistSpec(const Instance* inst);
   void PersistStatus(const Instance* inst);
@@ -219,6 +225,18 @@ class Runtime {
   Listener listener_;
   CgroupLayout layout_;
   std::string cgroup_base_;  // <parent>/<node>
+
+  // What Get/List read, guarded by status_mu_ alone (taken after mu_, never before it).
+  struct Snapshot {
+    InstanceStatus status;         // the fields kept in memory (no cgroup readings)
+    int64_t running_since_ms = 0;  // monotonic; 0 when not running
+    int64_t restart_at_ms = 0;     // monotonic; 0 when no restart is pending
+    Cgroup cgroup;
+    std::string dir;
+    bool removing = false;
+  };
+  mutable std::mutex status_mu_;
+  std::map<std::string, Snapshot> snapshots_;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // an instance's process ended (Shutdown waits on it)

@@ -7,7 +7,10 @@
 namespace constellation {
 namespace {
 
+// Instance records: version 2 added `network` and `pids_max` (version 1 records read with their
+// defaults). Node records are still version 1.
 constexpr uint16_t kRecordVersion = 1;
+constexpr uint16_t kInstanceRecordVersion = 2;
 
 bool IsNameChar(char c, bool first) {
   if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
@@ -184,8 +187,8 @@ Status ValidateName(std::string_view name, std::string_view what) {
 
 const std::vector<std::string>& InstanceConfigFields() {
   static const std::vector<std::string> kFields = {
-      "cmd",     "env",  "cpu_percent", "ram_mb",    "disk_mb",
-      "restart", "node", "placement",   "namespace", "secrets"};
+      "cmd",     "env",     "cpu_percent", "ram_mb",    "disk_mb",   "pids_max",
+      "network", "restart", "node",        "placement", "namespace", "secrets"};
   return kFields;
 }
 
@@ -218,6 +221,14 @@ Status SetInstanceField(InstanceRecord* r, std::string_view field, std::string_v
     r->ram_mb = v;
   } else if (field == "disk_mb") {
     return ParseInt(field, value, 0, kMaxDiskMb, "0..16777216 MiB; 0 = no quota", &r->disk_mb);
+  } else if (field == "pids_max") {
+    return ParseInt(field, value, 0, kMaxPidsMax, "0..4194304; 0 = the node's default",
+                    &r->pids_max);
+  } else if (field == "network") {
+    if (value != "host" && value != "isolated") {
+      return Status::InvalidArgument("network: " + Quote(value) + " is not one of host, isolated");
+    }
+    r->network = std::string(value);
   } else if (field == "restart") {
     if (value != "never" && value != "on-failure" && value != "always") {
       return Status::InvalidArgument("restart: " + Quote(value) +
@@ -247,6 +258,8 @@ std::string GetInstanceField(const InstanceRecord& r, std::string_view field) {
   if (field == "cpu_percent") return std::to_string(r.cpu_percent) + "\n";
   if (field == "ram_mb") return std::to_string(r.ram_mb) + "\n";
   if (field == "disk_mb") return std::to_string(r.disk_mb) + "\n";
+  if (field == "pids_max") return std::to_string(r.pids_max) + "\n";
+  if (field == "network") return r.network + "\n";
   if (field == "restart") return r.restart + "\n";
   if (field == "node") return line(r.node);
   if (field == "placement") return JoinLines(r.placement);
@@ -270,8 +283,8 @@ Status ApplyInstanceSpec(InstanceRecord* record, std::string_view spec) {
     if (key == "desired") continue;  // shown by reads for completeness; set through ctl
     if (!IsInstanceConfigField(key)) {
       return Status::InvalidArgument("spec: unknown key " + Quote(key) +
-                                     " (keys: cmd env cpu_percent ram_mb disk_mb restart node "
-                                     "placement namespace secrets)");
+                                     " (keys: cmd env cpu_percent ram_mb disk_mb pids_max network "
+                                     "restart node placement namespace secrets)");
     }
     if (IsMultiLine(key)) {
       auto it = multi.begin();
@@ -338,7 +351,7 @@ Status ParseLabels(std::string_view value, std::vector<std::string>* labels) {
 
 std::string EncodeInstance(const InstanceRecord& r) {
   Writer w;
-  w.Fixed16(kRecordVersion);
+  w.Fixed16(kInstanceRecordVersion);
   w.Bytes(r.name);
   w.Fixed32(r.uid);
   w.Fixed32(r.gid);
@@ -355,6 +368,8 @@ std::string EncodeInstance(const InstanceRecord& r) {
   PutList(&w, r.secrets);
   w.Bytes(r.desired);
   w.Bytes(r.state);
+  w.Bytes(r.network);
+  w.Fixed64(static_cast<uint64_t>(r.pids_max));
   return w.Take();
 }
 
@@ -362,16 +377,23 @@ Result<InstanceRecord> DecodeInstance(std::string_view data) {
   Reader rd(data);
   InstanceRecord r;
   uint16_t version = 0;
-  uint64_t created = 0, cpu = 0, ram = 0, disk = 0;
+  uint64_t created = 0, cpu = 0, ram = 0, disk = 0, pids = 0;
   constexpr size_t kMax = 64 * 1024;
-  bool ok = rd.Fixed16(&version) && version == kRecordVersion && rd.Bytes(&r.name, kMax) &&
-            rd.Fixed32(&r.uid) && rd.Fixed32(&r.gid) && rd.Fixed64(&created) &&
-            rd.Bytes(&r.cmd, kMax) && GetList(&rd, &r.env) && rd.Fixed64(&cpu) &&
-            rd.Fixed64(&ram) && rd.Fixed64(&disk) && rd.Bytes(&r.restart, kMax) &&
-            rd.Bytes(&r.node, kMax) && GetList(&rd, &r.placement) && rd.Bytes(&r.ns, kMax) &&
-            GetList(&rd, &r.secrets) && rd.Bytes(&r.desired, kMax) && rd.Bytes(&r.state, kMax) &&
-            rd.done();
+  bool ok = rd.Fixed16(&version) && (version == 1 || version == kInstanceRecordVersion) &&
+            rd.Bytes(&r.name, kMax) && rd.Fixed32(&r.uid) && rd.Fixed32(&r.gid) &&
+            rd.Fixed64(&created) && rd.Bytes(&r.cmd, kMax) && GetList(&rd, &r.env) &&
+            rd.Fixed64(&cpu) && rd.Fixed64(&ram) && rd.Fixed64(&disk) &&
+            rd.Bytes(&r.restart, kMax) && rd.Bytes(&r.node, kMax) && GetList(&rd, &r.placement) &&
+            rd.Bytes(&r.ns, kMax) && GetList(&rd, &r.secrets) && rd.Bytes(&r.desired, kMax) &&
+            rd.Bytes(&r.state, kMax);
+  if (ok && version >= 2) {
+    ok = rd.Bytes(&r.network, kMax) && rd.Fixed64(&pids) &&
+         (r.network == "host" || r.network == "isolated") &&
+         pids <= static_cast<uint64_t>(kMaxPidsMax);
+  }
+  ok = ok && rd.done();
   if (!ok) return Status::Corruption("instance record: malformed");
+  r.pids_max = static_cast<int64_t>(pids);
   r.created_ms = static_cast<int64_t>(created);
   r.cpu_percent = static_cast<int64_t>(cpu);
   r.ram_mb = static_cast<int64_t>(ram);

@@ -24,6 +24,7 @@ inline constexpr int64_t kMaxCpuPercent = 100000;
 inline constexpr int64_t kMinRamMb = 4;
 inline constexpr int64_t kMaxRamMb = 4194304;
 inline constexpr int64_t kMaxDiskMb = 16777216;
+inline constexpr int64_t kMaxPidsMax = 4194304;
 inline constexpr size_t kMaxLabelValueBytes = 253;
 
 struct InstanceRecord {
@@ -41,7 +42,9 @@ struct InstanceRecord {
   std::vector<std::string> placement;
   std::string ns = "default";
   std::vector<std::string> secrets;
-  std::string desired;  // "", "running", "stopped": what the last ctl verb asked for
+  std::string network = "host";  // host | isolated (own network namespace, loopback only)
+  int64_t pids_max = 0;          // processes and threads in the instance; 0 = the node's default
+  std::string desired;           // "", "running", "stopped": what the last ctl verb asked for
   std::string state = "created";
 
   bool operator==(const InstanceRecord&) const = default;

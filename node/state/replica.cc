@@ -162,7 +162,7 @@ struct Replica::Impl {
   Impl(const ReplicaOptions& o)
       : options(o),
         env(o.env ? o.env : DefaultEnv()),
-        state(StateMachineOptions{o.audit_keep}),
+        state(StateMachineOptions{o.audit_keep, o.on_instance_changes}),
         events(o.event_capacity) {}
 
   bool HasWaiter(uint64_t id) {

@@ -67,6 +67,8 @@ struct ReplicaOptions {
   size_t max_inbound = 4096;  // received raft messages queued for the agent
   size_t max_inbound_bytes = 256 << 20;
   int64_t reforward_ms = 2000;  // a follower's proposal not applied by then is sent again
+  // See StateMachineOptions::on_instance_changes. Also called while Open replays the log.
+  std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
 };
 
 struct ReplicaStatus {

@@ -331,7 +331,9 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       r.uid = c.uid;
       r.gid = c.gid;
       r.created_ms = c.time_ms;
+
       PutInstance(r, batch);
+      staged_.changes.push_back({r.name, ""});
       events->push_back(t + "instance_created " + r.name + " uid=" + std::to_string(c.uid));
       return Status::Ok();
     }
@@ -341,6 +343,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       }
       batch->Delete(keys::kInstancePrefix + c.object);
       staged_.instances[c.object] = std::nullopt;
+      staged_.changes.push_back({c.object, ""});
       events->push_back(t + "instance_removed " + c.object);
       return Status::Ok();
     }
@@ -360,6 +363,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
         fields = "spec";
       }
       PutInstance(*r, batch);
+      staged_.changes.push_back({r->name, ""});
       events->push_back(t + "instance_updated " + r->name + " fields=" + fields);
       return Status::Ok();
     }
@@ -375,6 +379,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
         return Status::InvalidArgument("ctl: unknown verb " + verb);
       }
       PutInstance(*r, batch);
+      staged_.changes.push_back({r->name, c.value});
       events->push_back(t + "instance_ctl " + r->name + " verb=" + verb);
       return Status::Ok();
     }
@@ -383,7 +388,17 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
 }
 
 void StateMachine::CommitStaged() {
-  std::unique_lock<std::shared_mutex> l(mu_);
+  std::vector<InstanceChange> changes;
+  {
+    std::unique_lock<std::shared_mutex> l(mu_);
+    CommitStagedLocked();
+    changes.swap(staged_.changes);
+    staged_ = Staged{};
+  }
+  if (!changes.empty() && options_.on_instance_changes) options_.on_instance_changes(changes);
+}
+
+void StateMachine::CommitStagedLocked() {
   for (auto& [name, r] : staged_.instances) {
     if (r) {
       instances_[name] = std::move(*r);
@@ -403,7 +418,6 @@ void StateMachine::CommitStaged() {
   if (staged_.cluster_id) cluster_id_ = *staged_.cluster_id;
   if (staged_.applied) applied_ = *staged_.applied;
   if (staged_.audit_seq) audit_seq_ = *staged_.audit_seq;
-  staged_ = Staged{};
 }
 
 void StateMachine::StageInto(KvStore::Batch* batch) {

@@ -11,6 +11,7 @@
 #ifndef CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
 #define CONSTELLATION_NODE_STATE_STATE_MACHINE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -58,8 +59,21 @@ struct MemberRecord {
   bool operator==(const MemberRecord&) const = default;
 };
 
+// An applied change of one instance record, for the node agent (node/agent) that brings the
+// instance's process in line with it.
+struct InstanceChange {
+  std::string name;
+  // The ctl verb the command carried ("start", "stop", "restart", "kill 9"), or "" for a change of
+  // the record itself (created, configured, removed): read the record for its new value.
+  std::string verb;
+};
+
 struct StateMachineOptions {
   uint64_t audit_keep = 100000;  // newest audit lines kept
+  // Called at the end of CommitStaged, on the applying thread, with the instance changes of the
+  // committed entries in apply order (refused commands are not changes). The committed state is
+  // readable when it runs. Must not block: it holds up every later commit.
+  std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
 };
 
 class StateMachine {
@@ -104,9 +118,11 @@ class StateMachine {
     std::optional<uint64_t> audit_seq;
     std::map<std::string, MemberRecord> members;
     std::map<std::string, uint64_t> requests;
+    std::vector<InstanceChange> changes;
   };
 
   Status ApplyCommand(const Command& c, KvStore::Batch* batch, std::vector<std::string>* events);
+  void CommitStagedLocked();  // mu_ held
   std::optional<InstanceRecord> StagedInstance(const std::string& name) const;
   std::optional<NodeRecord> StagedNode(const std::string& name) const;
   std::optional<MemberRecord> StagedMember(const std::string& name) const;

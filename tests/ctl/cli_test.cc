@@ -86,9 +86,9 @@ struct Cli {
   std::string Err() const { return err.str(); }
 };
 
-const std::vector<std::string> kAllVerbs = {"help",   "status", "ls",    "get",  "set",
-                                            "create", "rm",     "start", "stop", "restart",
-                                            "kill",   "events", "logs",  "top"};
+const std::vector<std::string> kAllVerbs = {"help",    "status", "ls",     "get",   "set",
+                                            "create",  "run",    "rm",     "start", "stop",
+                                            "restart", "kill",   "events", "logs",  "top"};
 
 // ---- help and usage ----
 
@@ -506,6 +506,77 @@ TEST_CASE("create keeps the instance when only the start fails", "[ctl]") {
   CHECK(c.Run({"create", "instances", "web-1", "--start"}) == kExitFailure);
   CHECK(c.tree.IsDir(d));
   CHECK(c.Err() == "constellation: " + d + "/ctl: Operation not permitted: ctl: quota exceeded\n");
+}
+
+// ---- run ----
+
+TEST_CASE("run makes, specifies and starts an instance; plain words stay, others are quoted",
+          "[ctl]") {
+  Cli c;
+  REQUIRE(c.Run({"run",
+                 "web-1",
+                 "--ram-mb",
+                 "128",
+                 "--env",
+                 "A=1",
+                 "--cpu-percent=25",
+                 "--env",
+                 "B=x y",
+                 "--restart",
+                 "on-failure",
+                 "--network",
+                 "isolated",
+                 "--",
+                 "python3",
+                 "-m",
+                 "http.server",
+                 "8080",
+                 "--bind",
+                 "it's here",
+                 ""}) == kExitOk);
+  std::string d = kRoot + "/instances/web-1";
+  CHECK(c.tree.ops() ==
+        std::vector<std::string>{"mkdir " + d, "write " + d + "/spec", "write " + d + "/ctl"});
+  REQUIRE(c.tree.writes().size() == 2);
+  CHECK(c.tree.writes()[0].second ==
+        "cmd=python3 -m http.server 8080 --bind 'it'\\''s here' ''\n"
+        "env=A=1\n"
+        "env=B=x y\n"
+        "cpu_percent=25\n"
+        "ram_mb=128\n"
+        "network=isolated\n"
+        "restart=on-failure\n");
+  CHECK(c.tree.writes()[1].second == "start\n");
+}
+
+TEST_CASE("run reports a start that fails with the instance's reason, and keeps it", "[ctl]") {
+  Cli c;
+  std::string d = kRoot + "/instances/x";
+  c.tree.Fail(FakeTree::Op::kWrite, d + "/ctl", ENOENT, d + "/error",
+              "start failed: exec: nosuch: No such file or directory\n");
+  CHECK(c.Run({"run", "x", "--", "nosuch"}) == kExitFailure);
+  CHECK(c.Err() == "constellation: " + d +
+                       "/ctl: No such file or directory: start failed: exec: nosuch: No such file "
+                       "or directory\n");
+  CHECK(c.tree.IsDir(d));
+}
+
+TEST_CASE("run removes the instance when its spec is refused; usage errors touch nothing",
+          "[ctl]") {
+  Cli c;
+  std::string d = kRoot + "/instances/x";
+  c.tree.Fail(FakeTree::Op::kWrite, d + "/spec", EINVAL, d + "/error", "ram_mb: bad\n");
+  CHECK(c.Run({"run", "x", "--ram-mb", "lots", "--", "true"}) == kExitFailure);
+  CHECK_FALSE(c.tree.Exists(d));
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"run", "x"},
+                                             {"run", "x", "--bogus", "1", "--", "true"},
+                                             {"run", "a/b", "--", "true"},
+                                             {"run", "x", "--", "a\nb"}}) {
+    Cli u;
+    CHECK(u.Run(args) == kExitUsage);
+    CHECK(u.tree.ops().empty());
+  }
 }
 
 // ---- rm ----

@@ -109,7 +109,7 @@ TEST_CASE("mkdir creates an instance owned by the caller with every file") {
   CHECK(dir->mode == (S_IFDIR | 0755));
   auto files = f.tree->ReadDir(dir->ino);
   REQUIRE(files.ok());
-  CHECK(files->size() == 18);
+  CHECK(files->size() == 20);
   Result<Attr> ram = f.tree->Lookup(dir->ino, "ram_mb");
   REQUIRE(ram.ok());
   CHECK(ram->uid == 1000);

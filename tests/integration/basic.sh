@@ -20,7 +20,7 @@ expect_eq "$(cat $C/instances/web-1/cpu_percent)" 100 "default cpu_percent"
 expect_eq "$(cat $C/instances/web-1/restart)" never "default restart"
 expect_eq "$(cat $C/instances/web-1/namespace)" default "default namespace"
 expect_eq "$(cat $C/instances/web-1/state)" created "initial state"
-expect_eq "$(ls $C/instances/web-1 | wc -l)" 18 "instance file count"
+expect_eq "$(ls $C/instances/web-1 | wc -l)" 20 "instance file count"
 out=$(mkdir $C/instances/web-1 2>&1) && fail "mkdir of an existing instance succeeded"
 [[ "$out" == *"File exists"* ]] || fail "mkdir existing: $out"
 write_fails $C/instances/x/ram_mb 5 "No such file or directory"
@@ -86,12 +86,16 @@ write_fails $C/instances/web-1/spec "$(printf 'ram_mb=64\ncpu_percent=lots')" "I
 expect_eq "$(cat $C/instances/web-1/ram_mb)" 2048 "a refused spec changes nothing"
 grep -q '^ram_mb=2048$' $C/instances/web-1/spec || fail "spec reads back"
 
-# ctl records the desired state.
+# ctl runs the process and records the desired state (tests/integration/instances*.sh go further).
 echo start > $C/instances/web-1/ctl
 grep -q '^desired=running$' $C/instances/web-1/spec || fail "start recorded"
-echo "kill TERM" > $C/instances/web-1/ctl
+expect_eq "$(cat $C/instances/web-1/state)" running "state after start"
+[[ "$(cat $C/instances/web-1/pid)" =~ ^[0-9]+$ ]] || fail "pid while running"
+echo "kill TERM" > $C/instances/web-1/ctl  # sleep as its namespace's PID 1 ignores it
+expect_eq "$(cat $C/instances/web-1/state)" running "state after an ignored SIGTERM"
 echo stop > $C/instances/web-1/ctl
 grep -q '^desired=stopped$' $C/instances/web-1/spec || fail "stop recorded"
+expect_eq "$(cat $C/instances/web-1/state)" stopped "state after stop"
 
 # Node labels.
 printf 'zone=a\nrack=r1\n' > $C/nodes/node-a/labels

@@ -18,6 +18,19 @@ ACKS_PER_ROUND = 300
 DEADLINE_S = 60
 
 
+def remove_cgroups(parent):
+    """Removes the test daemon's (empty) control groups, deepest first."""
+    for root in [f"/sys/fs/cgroup/{h}" for h in os.listdir("/sys/fs/cgroup")] + ["/sys/fs/cgroup"]:
+        top = f"{root}/{parent}"
+        if not os.path.isdir(top) or os.path.islink(root):
+            continue
+        for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 def fail(msg, log=None):
     print("FAIL:", msg, file=sys.stderr)
     if log and os.path.exists(log):
@@ -50,8 +63,9 @@ class Writer(threading.Thread):
 
 
 def start(data, mount, log):
-    subprocess.run([DAEMON, "--data", data, "--mount", mount, "--name", "node-a", "--log", log],
-                   check=True)
+    cgroups = "cn-test/" + os.path.basename(os.path.dirname(data))
+    subprocess.run([DAEMON, "--data", data, "--mount", mount, "--name", "node-a", "--log", log,
+                    "--cgroup-parent", cgroups], check=True)
     return int(open(f"{data}/constellationd.pid").read())
 
 
@@ -101,6 +115,7 @@ def main():
                 time.sleep(0.05)
         finally:
             subprocess.run(["umount", "-l", mount], stderr=subprocess.DEVNULL)
+            remove_cgroups("cn-test/" + os.path.basename(tmp))
     if "Sanitizer" in open(log).read():
         fail("sanitizer report in the daemon log", log)
     subprocess.run(["rm", "-rf", tmp])

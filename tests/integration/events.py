@@ -14,6 +14,19 @@ DAEMON = os.environ["CONSTELLATIOND"]
 DEADLINE_S = 20  # bound for every wait below; a hang is a failure, not a sleep
 
 
+def remove_cgroups(parent):
+    """Removes the test daemon's (empty) control groups, deepest first."""
+    for root in [f"/sys/fs/cgroup/{h}" for h in os.listdir("/sys/fs/cgroup")] + ["/sys/fs/cgroup"]:
+        top = f"{root}/{parent}"
+        if not os.path.isdir(top) or os.path.islink(root):
+            continue
+        for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 def fail(msg, log=None):
     print("FAIL:", msg, file=sys.stderr)
     if log and os.path.exists(log):
@@ -42,8 +55,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cn-events.")
     mount, data, log = f"{tmp}/m", f"{tmp}/data", f"{tmp}/daemon.log"
     c = f"{mount}/constellation"
-    subprocess.run([DAEMON, "--data", data, "--mount", mount, "--name", "node-a", "--log", log],
-                   check=True)
+    cgroups = "cn-test/" + os.path.basename(tmp)
+    subprocess.run([DAEMON, "--data", data, "--mount", mount, "--name", "node-a", "--log", log,
+                    "--cgroup-parent", cgroups], check=True)
     readers = []
     try:
         # Old events are not replayed: open, then create.
@@ -123,6 +137,7 @@ def main():
             os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["umount", "-l", mount])
             fail("daemon did not stop on SIGTERM", log)
+    remove_cgroups(cgroups)
     text = open(log).read()
     if "stopped cleanly" not in text or "Sanitizer" in text:
         fail("daemon did not stop cleanly", log)

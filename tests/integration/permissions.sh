@@ -24,7 +24,10 @@ expect_eq "$(stat -c %u:%g $C/instances/mine)" "65534:65534" "instance owner"
 expect_eq "$(stat -c %u $C/instances/mine/ram_mb)" "65534" "instance file owner"
 as_nobody sh -c "echo 128 > $C/instances/mine/ram_mb" || fail "owner cannot write its instance"
 expect_eq "$(cat $C/instances/mine/ram_mb)" 128 "owner's write applied"
+as_nobody sh -c "echo 'sleep 1000' > $C/instances/mine/cmd" || fail "owner cannot set its cmd"
 as_nobody sh -c "echo start > $C/instances/mine/ctl" || fail "owner cannot write its ctl"
+# The process runs as the instance's owner.
+expect_eq "$(stat -c %u /proc/$(cat $C/instances/mine/pid))" 65534 "the instance's process owner"
 grep -q "^[0-9]* 65534 [0-9]* node-a instances/mine/ram_mb write ok 128$" $C/audit ||
   fail "audit records the owner's uid"
 # Root may change anyone's objects (as on any file system).

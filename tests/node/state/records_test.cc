@@ -86,6 +86,24 @@ TEST_CASE("labels") {
   CHECK(labels.size() == 3);
 }
 
+TEST_CASE("network and pids_max") {
+  InstanceRecord r;
+  CHECK(GetInstanceField(r, "network") == "host\n");
+  CHECK(GetInstanceField(r, "pids_max") == "0\n");
+  CHECK(SetInstanceField(&r, "network", "isolated").ok());
+  CHECK(r.network == "isolated");
+  CHECK_FALSE(SetInstanceField(&r, "network", "bridge").ok());
+  CHECK(r.network == "isolated");
+  CHECK(SetInstanceField(&r, "pids_max", "100").ok());
+  CHECK(r.pids_max == 100);
+  CHECK_FALSE(SetInstanceField(&r, "pids_max", "-1").ok());
+  CHECK_FALSE(SetInstanceField(&r, "pids_max", "4194305").ok());
+  CHECK(r.pids_max == 100);
+  CHECK(ApplyInstanceSpec(&r, "network=host\npids_max=0\n").ok());
+  CHECK(r.network == "host");
+  CHECK(FormatInstanceSpec(r).find("\npids_max=0\nnetwork=host\n") != std::string::npos);
+}
+
 TEST_CASE("records round-trip and reject garbage") {
   InstanceRecord r;
   r.name = "web-1";
@@ -93,10 +111,25 @@ TEST_CASE("records round-trip and reject garbage") {
   r.env = {"A=1"};
   r.placement = {"strategy=spread"};
   r.desired = "running";
+  r.network = "isolated";
+  r.pids_max = 64;
   Result<InstanceRecord> d = DecodeInstance(EncodeInstance(r));
   REQUIRE(d.ok());
   CHECK(*d == r);
   CHECK_FALSE(DecodeInstance("junk").ok());
+  // A version 1 record (before network and pids_max) reads with their defaults.
+  std::string v2 = EncodeInstance(r);
+  std::string v1 = v2.substr(0, v2.size() - (1 + 8 + 8));  // Bytes("isolated") + Fixed64
+  v1[0] = 1;
+  Result<InstanceRecord> old = DecodeInstance(v1);
+  REQUIRE(old.ok());
+  CHECK(old->network == "host");
+  CHECK(old->pids_max == 0);
+  CHECK(old->cmd == r.cmd);
+  // A version 2 record with a bad network value is corrupt.
+  InstanceRecord bad = r;
+  bad.network = "bridge";
+  CHECK_FALSE(DecodeInstance(EncodeInstance(bad)).ok());
   NodeRecord n;
   n.name = "a";
   n.labels = {"zone=1"};

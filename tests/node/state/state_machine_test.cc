@@ -82,9 +82,46 @@ TEST_CASE("every audited command leaves one audit line, refused ones too") {
         "1000 1000 0 n1 instances/a/state write PermissionDenied x\n");
 }
 
+TEST_CASE("committed instance changes reach the observer, refused ones do not") {
+  FakeKvStore kv;
+  std::vector<InstanceChange> seen;
+  StateMachineOptions o;
+  o.on_instance_changes = [&](const std::vector<InstanceChange>& c) {
+    seen.insert(seen.end(), c.begin(), c.end());
+  };
+  StateMachine sm(o);
+  REQUIRE(sm.Load(&kv).ok());
+  std::vector<std::string> events;
+  uint64_t index = 0;
+  auto apply = [&](Command c) {
+    KvStore::Batch b;
+    Status s = sm.Apply(++index, c, &b, &events, nullptr);
+    REQUIRE(kv.Write(b, false).ok());
+    return s;
+  };
+  CHECK(apply(Cmd(CommandType::kInstanceCreate, "a")).ok());
+  CHECK(apply(Cmd(CommandType::kInstanceSet, "a", "ram_mb", "64")).ok());
+  CHECK_FALSE(apply(Cmd(CommandType::kInstanceSet, "a", "ram_mb", "abc")).ok());
+  CHECK(apply(Cmd(CommandType::kInstanceCtl, "a", "", "kill 9")).ok());
+  CHECK(seen.empty());  // nothing before the commit
+  sm.CommitStaged();
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0].name == "a");
+  CHECK(seen[0].verb.empty());
+  CHECK(seen[2].verb == "kill 9");
+  seen.clear();
+  CHECK(apply(Cmd(CommandType::kInstanceRemove, "a")).ok());
+  sm.DropStaged();  // a batch that failed to write changes nothing
+  CHECK(apply(Cmd(CommandType::kNoop, "")).ok());
+  sm.CommitStaged();
+  CHECK(seen.empty());
+}
+
 TEST_CASE("audit keeps only the newest lines") {
   FakeKvStore kv;
-  StateMachine sm(StateMachineOptions{3});
+  StateMachineOptions o;
+  o.audit_keep = 3;
+  StateMachine sm(o);
   REQUIRE(sm.Load(&kv).ok());
   std::vector<std::string> events;
   for (int i = 0; i < 5; ++i) {

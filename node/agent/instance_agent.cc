@@ -1,0 +1,359 @@
+#include "node/agent/instance_agent.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "node/base/log.h"
+
+namespace constellation {
+namespace {
+
+bool Unsettled(const std::string& state) { return state == "starting" || state == "stopping"; }
+
+// A start that never ran the command: the state's reason as the writer's error. The code follows
+// the cause, so the shell shows "No such file or directory" for a missing command.
+Status StartFailure(const std::string& state) {
+  std::string reason = state.substr(std::string("failed ").size());
+  Code code = Code::kIoError;
+  if (reason.find("No such file or directory") != std::string::npos) {
+    code = Code::kNotFound;
+  } else if (reason.find("Permission denied") != std::string::npos) {
+    code = Code::kPermissionDenied;
+  } else if (reason.find("Exec format error") != std::string::npos ||
+             reason.rfind("start: cmd", 0) == 0) {
+    code = Code::kInvalidArgument;
+  }
+  return Status(code, "start failed: " + reason);
+}
+
+std::string Quoted(const std::string& v) {
+  if (!v.empty() && v.find_first_of(" \t\"") == std::string::npos) return v;
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c == '\n' ? ' ' : c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+runtime::InstanceSpec SpecFromRecord(const InstanceRecord& r) {
+  runtime::InstanceSpec s;
+  s.name = r.name;
+  s.cmd = r.cmd;
+  s.env = r.env;
+  s.cpu_percent = r.cpu_percent;
+  s.ram_mb = r.ram_mb;
+  s.disk_mb = r.disk_mb;
+  s.pids_max = r.pids_max;
+  Result<runtime::RestartPolicy> p = runtime::ParseRestartPolicy(r.restart);
+  s.restart = p.ok() ? *p : runtime::RestartPolicy::kNever;
+  s.isolate_network = r.network == "isolated";
+  s.uid = r.uid;
+  s.gid = r.gid;
+  s.desired = r.desired == "running"   ? runtime::Desired::kRunning
+              : r.desired == "stopped" ? runtime::Desired::kStopped
+                                       : runtime::Desired::kNone;
+  return s;
+}
+
+std::string FormatTransition(const runtime::Transition& t) {
+  std::string line =
+      std::to_string(t.unix_ms) + " " + t.event + " " + t.instance + " state=" + Quoted(t.state);
+  for (const auto& [k, v] : t.detail) {
+    if (k == "state") continue;
+    line += " " + k + "=" + Quoted(v);
+  }
+  return line;
+}
+
+InstanceAgent::InstanceAgent(InstanceAgentOptions options) : options_(std::move(options)) {}
+
+InstanceAgent::~InstanceAgent() { Shutdown(); }
+
+int64_t InstanceAgent::SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+runtime::Runtime* InstanceAgent::runtime() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return started_ ? runtime_ : nullptr;
+}
+
+bool InstanceAgent::Ours(const InstanceRecord& record) const {
+  // Until the scheduler places instances, an unplaced one runs where it was made: here.
+  return record.node.empty() || record.node == options_.node_name;
+}
+
+void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!started_ || stopping_) return;
+  for (const InstanceChange& c : changes) {
+    if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
+      // Beyond the table's bound: forget the queue and sync everything from the records.
+      if (!resync_) {
+        CN_LOG(Warning) << "instance agent: more than " << kMaxAgentEntries
+                        << " instances changed at once; syncing all of them";
+      }
+      resync_ = true;
+      entries_.clear();
+      queue_.clear();
+    }
+    Entry& e = entries_[c.name];
+    e.changed_seq = next_seq_++;
+    if (!c.verb.empty()) {
+      if (e.verbs.size() >= kMaxQueuedVerbs) e.verbs.erase(e.verbs.begin());
+      e.verbs.push_back(c.verb);
+    }
+    if (!e.queued) {
+      e.queued = true;
+      queue_.push_back(c.name);
+    }
+  }
+  cv_.notify_one();
+}
+
+Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, EventHub* events) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    state_ = state;
+    runtime_ = rt;
+    events_ = events;
+    started_ = true;  // changes are queued from now on, so none slips between Sync and the worker
+  }
+  rt->SetListener([this](const runtime::Transition& t) { OnTransition(t); });
+  Status s = SyncAll();
+  worker_ = std::thread([this] { Loop(); });
+  return s;
+}
+
+Status InstanceAgent::SyncAll() {
+  std::vector<runtime::InstanceSpec> specs;
+  for (const std::string& name : state_->ListInstances()) {
+    std::optional<InstanceRecord> r = state_->GetInstance(name);
+    if (!r || !Ours(*r)) continue;
+    runtime::InstanceSpec spec = SpecFromRecord(*r);
+    Status v = runtime::ValidateSpec(spec);
+    if (!v.ok()) {
+      CN_LOG(Error) << "instance agent: record " << name << " cannot run: " << v.ToString();
+      continue;
+    }
+    specs.push_back(std::move(spec));
+  }
+  Status s = runtime_->Sync(specs);
+  if (!s.ok()) CN_LOG(Warning) << "instance agent: sync: " << s.ToString();
+  return s;
+}
+
+Status InstanceAgent::Handle(const std::string& name, const std::vector<std::string>& verbs) {
+  std::optional<InstanceRecord> r = state_->GetInstance(name);
+  if (!r || !Ours(*r)) {
+    Status s = runtime_->Remove(name);
+    return s.code() == Code::kNotFound ? Status::Ok() : s;
+  }
+  runtime::InstanceSpec spec = SpecFromRecord(*r);
+  // With verbs, the desired state is theirs to change (a `restart` must not also start it here).
+  if (!verbs.empty()) spec.desired = runtime::Desired::kNone;
+  Status s = runtime_->Apply(spec);
+  if (!s.ok()) CN_LOG(Warning) << "instance agent: apply " << name << ": " << s.ToString();
+  for (const std::string& verb : verbs) {
+    Status c = runtime_->Control(name, verb);
+    if (!c.ok()) {
+      CN_LOG(Warning) << "instance agent: " << name << " " << verb << ": " << c.ToString();
+      if (s.ok()) s = c;
+    }
+  }
+  return s;
+}
+
+void InstanceAgent::AfterCommit(const std::string& name, Wait wait, Done done) {
+  Completions out;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!started_ || stopping_) {
+      out.emplace_back(std::move(done), Status::Ok());
+    } else {
+      Waiter w;
+      w.name = name;
+      w.wait = wait;
+      auto it = entries_.find(name);
+      w.seq = it == entries_.end() ? 0 : it->second.changed_seq;
+      w.deadline_ms = SteadyMs() + options_.settle_timeout_ms;
+      w.done = std::move(done);
+      waiters_.push_back(std::move(w));
+      CheckWaiters(name, &out);
+      cv_.notify_one();  // a new deadline
+    }
+  }
+  for (auto& [fn, s] : out) fn(s);
+}
+
+bool InstanceAgent::Settled(const Waiter& w, Status* verdict) const {
+  Result<runtime::InstanceStatus> st = runtime_->Get(w.name, /*usage=*/false);
+  *verdict = Status::Ok();
+  if (!st.ok()) return true;  // gone: nothing is left to wait for
+  if (w.wait == Wait::kRemoved) return false;
+  if (Unsettled(st->state)) return false;
+  if (w.wait == Wait::kStarted &&
+      (st->state.rfind("failed exec:", 0) == 0 || st->state.rfind("failed start:", 0) == 0)) {
+    *verdict = StartFailure(st->state);
+  }
+  return true;
+}
+
+void InstanceAgent::CheckWaiters(const std::string& name, Completions* out) {
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    Waiter& w = *it;
+    if (!name.empty() && w.name != name) {
+      ++it;
+      continue;
+    }
+    if (!w.handled) {
+      auto e = entries_.find(w.name);
+      bool handled = e == entries_.end() ? !resync_ : e->second.handled_seq >= w.seq && !resync_;
+      if (!handled) {
+        ++it;
+        continue;
+      }
+      w.handled = true;
+      Status last = e == entries_.end() ? Status::Ok() : e->second.last;
+      if (!last.ok() || w.wait == Wait::kApplied) {
+        out->emplace_back(std::move(w.done), last);
+        it = waiters_.erase(it);
+        continue;
+      }
+    }
+    Status verdict;
+    if (Settled(w, &verdict)) {
+      out->emplace_back(std::move(w.done), verdict);
+      it = waiters_.erase(it);
+      continue;
+    }
+    ++it;
+  }
+}
+
+void InstanceAgent::OnTransition(const runtime::Transition& t) {
+  EventHub* hub;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    hub = events_;
+  }
+  // The record's removal was published when it was committed; the runtime's is the end of it.
+  if (hub != nullptr && t.event != "instance_removed") {
+    hub->Publish({FormatTransition(t)}, t.unix_ms);
+  }
+  Completions out;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_) return;
+    if (t.event == "instance_removed") {
+      for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (it->name == t.instance && it->handled && it->wait == Wait::kRemoved) {
+          out.emplace_back(std::move(it->done), Status::Ok());
+          it = waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    CheckWaiters(t.instance, &out);
+  }
+  for (auto& [fn, s] : out) fn(s);
+}
+
+void InstanceAgent::Loop() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stopping_) {
+    int64_t next = 0;
+    for (const Waiter& w : waiters_) {
+      if (next == 0 || w.deadline_ms < next) next = w.deadline_ms;
+    }
+    auto ready = [&] { return stopping_ || resync_ || !queue_.empty(); };
+    if (next == 0) {
+      cv_.wait(l, ready);
+    } else {
+      cv_.wait_for(l, std::chrono::milliseconds(std::max<int64_t>(1, next - SteadyMs())), ready);
+    }
+    if (stopping_) break;
+    Completions out;
+    if (resync_) {
+      l.unlock();
+      Status s = SyncAll();
+      l.lock();
+      resync_ = false;
+      // What was queued before the sync is in it; what is queued still gets handled in turn.
+      for (auto& [n, e] : entries_) {
+        if (e.queued) continue;
+        e.handled_seq = e.changed_seq;
+        e.last = s;
+      }
+      CheckWaiters("", &out);
+    } else if (!queue_.empty()) {
+      std::string name = queue_.front();
+      queue_.pop_front();
+      Entry& e = entries_[name];
+      std::vector<std::string> verbs;
+      verbs.swap(e.verbs);
+      uint64_t seq = e.changed_seq;
+      e.queued = false;
+      l.unlock();
+      Status s = Handle(name, verbs);
+      l.lock();
+      auto it = entries_.find(name);
+      if (it != entries_.end()) {
+        it->second.handled_seq = std::max(it->second.handled_seq, seq);
+        it->second.last = s;
+        CheckWaiters(name, &out);
+        bool waited = false;
+        for (const Waiter& w : waiters_) waited = waited || w.name == name;
+        // A removed instance's entry goes once nothing refers to it; a live one stays so that
+        // a writer that comes after the handling still finds its verdict.
+        if (!it->second.queued && !waited && !state_->GetInstance(name)) entries_.erase(it);
+      }
+    }
+    int64_t now = SteadyMs();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (it->deadline_ms <= now) {
+        std::string what = "the change is not applied to the process yet";
+        if (it->handled) {
+          Result<runtime::InstanceStatus> st = runtime_->Get(it->name, /*usage=*/false);
+          what = "the instance is still " + (st.ok() ? st->state : std::string("changing"));
+        }
+        out.emplace_back(std::move(it->done),
+                         Status::Unavailable(what + " after " +
+                                             std::to_string(options_.settle_timeout_ms / 1000) +
+                                             " s; its state file tells how it goes on"));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!out.empty()) {
+      l.unlock();
+      for (auto& [fn, s] : out) fn(s);
+      l.lock();
+    }
+  }
+}
+
+void InstanceAgent::Shutdown() {
+  Completions out;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (Waiter& w : waiters_) {
+      out.emplace_back(std::move(w.done), Status::Unavailable("the daemon is stopping"));
+    }
+    waiters_.clear();
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  for (auto& [fn, s] : out) fn(s);
+}
+
+}  // namespace constellation
