@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <unordered_set>
@@ -26,6 +27,8 @@ constexpr size_t kMaxQueuedWindows = 32;
 // it.
 constexpr size_t kMaxSealedPerFile = 256;
 constexpr size_t kMaxPooledWindows = 16;  // idle window buffers kept (64 MiB)
+constexpr size_t kMaxQueuedInvalidations = 65536;
+constexpr size_t kMaxTrackedInodes = 65536;
 // A write into committed data that does not cover its window keeps only the bytes written
 // (sparse), instead of loading and later rewriting the whole 4 MiB window; the flush stores the
 // ranges of all sparse windows packed into shared chunks. Past these bounds a sparse window is
@@ -97,7 +100,8 @@ struct ClusterFs::Sealed {
 struct ClusterFs::File {
   std::mutex mu;               // guards everything below
   std::condition_variable cv;  // with mu: a sealed window's background store finished
-  uint64_t opens = 0;
+  // Counted up under ClusterFs::mu_ (see Open), down under `mu`.
+  std::atomic<uint64_t> opens{0};
   bool open_ref = false;                               // the log holds this node's open reference
   std::optional<Inode> base;                           // the committed inode, as last seen here
   std::map<uint64_t, Window> dirty;                    // window index → buffered bytes
@@ -107,6 +111,8 @@ struct ClusterFs::File {
   uint64_t size = 0;        // logical size, buffered data included (valid when Unflushed)
   int64_t mtime_ns = 0;     // time of the last write (valid when Unflushed)
   uint32_t writer_uid = 0;
+  // Another node changed the inode: `base` must be read again (set without `mu`, by the applier).
+  std::atomic<bool> base_stale{false};
 
   // Writes since the last flush: the committed inode is not the whole truth.
   bool unflushed() const { return !dirty.empty() || !sealed.empty(); }
@@ -116,6 +122,7 @@ ClusterFs::ClusterFs(ClusterFsOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.background_threads; ++i) {
     bg_threads_.emplace_back([this] { BackgroundLoop(); });
   }
+  inval_thread_ = std::thread([this] { InvalidateLoop(); });
 }
 
 ClusterFs::~ClusterFs() {
@@ -125,6 +132,122 @@ ClusterFs::~ClusterFs() {
   }
   bg_cv_.notify_all();
   for (std::thread& t : bg_threads_) t.join();
+  {
+    std::lock_guard<std::mutex> l(inval_mu_);
+    inval_stop_ = true;
+  }
+  inval_cv_.notify_all();
+  inval_thread_.join();
+}
+
+void ClusterFs::SetInvalidator(Invalidator invalidator) {
+  // Waits for a call in progress: after this returns the old invalidator is never called again.
+  std::lock_guard<std::mutex> cl(inval_call_mu_);
+  std::lock_guard<std::mutex> l(inval_mu_);
+  invalidator_ = std::move(invalidator);
+}
+
+bool ClusterFs::KeepCache(uint64_t ino) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (kernel_cached_.count(ino) > 0) return true;
+  if (kernel_cached_.size() >= kMaxTrackedInodes) return false;
+  kernel_cached_.insert(ino);
+  return true;
+}
+
+void ClusterFs::OnFsChanges(const std::vector<FsChange>& changes, bool reset) {
+  std::vector<std::pair<uint64_t, std::string>> todo;
+  auto inode = [&](uint64_t ino) {
+    if (ino != 0) todo.emplace_back(ino, "");
+  };
+  auto entry = [&](uint64_t parent, const std::string& name) {
+    if (parent != 0 && !name.empty()) todo.emplace_back(parent, name);
+  };
+  for (const FsChange& c : changes) {
+    if (c.node == options_.node_name) continue;  // this kernel saw it happen
+    const FsOp& op = c.op;
+    inode(op.ino);
+    if (c.result.inode) inode(c.result.inode->ino);
+    switch (op.type) {
+      case FsOpType::kMknod:
+      case FsOpType::kMkdir:
+      case FsOpType::kSymlink:
+      case FsOpType::kLink:
+      case FsOpType::kUnlink:
+      case FsOpType::kRmdir:
+        inode(op.parent);
+        entry(op.parent, op.name);
+        break;
+      case FsOpType::kRename:
+        inode(op.parent);
+        inode(op.new_parent);
+        entry(op.parent, op.name);
+        entry(op.new_parent, op.new_name);
+        break;
+      default:
+        break;
+    }
+  }
+  // Only the invalidation thread takes mu_: the applier must not wait for a lock that a thread
+  // waiting for this very commit may hold (Open holds mu_ while it waits for a file's lock).
+  if (reset) todo.emplace_back(0, "");
+  if (todo.empty()) return;
+  {
+    std::lock_guard<std::mutex> il(inval_mu_);
+    for (auto& t : todo) {
+      if (inval_queue_.size() >= kMaxQueuedInvalidations) {
+        ++inval_dropped_;
+        continue;
+      }
+      inval_queue_.push_back(std::move(t));
+    }
+  }
+  inval_cv_.notify_one();
+}
+
+void ClusterFs::InvalidateLoop() {
+  uint64_t dropped_logged = 0;
+  for (;;) {
+    std::pair<uint64_t, std::string> item;
+    Invalidator inv;
+    {
+      std::unique_lock<std::mutex> l(inval_mu_);
+      inval_cv_.wait(l, [&] { return inval_stop_ || !inval_queue_.empty(); });
+      if (inval_stop_) return;
+      item = std::move(inval_queue_.front());
+      inval_queue_.pop_front();
+      inv = invalidator_;
+      if (inval_dropped_ != dropped_logged) {
+        CN_LOG(Warning) << "kernel cache invalidations dropped (queue full): "
+                        << inval_dropped_ - dropped_logged;
+        dropped_logged = inval_dropped_;
+      }
+    }
+    // The in-memory committed inodes first, then the kernel's caches.
+    std::vector<uint64_t> inodes;
+    if (item.second.empty()) {
+      std::lock_guard<std::mutex> l(mu_);
+      if (item.first == 0) {  // a snapshot replaced the state: everything may be stale
+        for (const auto& [ino, f] : files_) f->base_stale = true;
+        inodes.assign(kernel_cached_.begin(), kernel_cached_.end());
+      } else {
+        auto it = files_.find(item.first);
+        if (it != files_.end()) it->second->base_stale = true;
+        inodes.push_back(item.first);
+      }
+    }
+    // Outside inval_mu_ and mu_: the kernel may wait for requests in flight on the inode.
+    std::lock_guard<std::mutex> cl(inval_call_mu_);
+    {
+      std::lock_guard<std::mutex> l(inval_mu_);
+      inv = invalidator_;  // SetInvalidator may have replaced it meanwhile
+    }
+    if (!item.second.empty()) {
+      if (inv.entry) inv.entry(item.first, item.second);
+    } else if (inv.inode) {
+      for (uint64_t ino : inodes) inv.inode(ino);
+    }
+  }
 }
 
 ClusterFs::Window ClusterFs::NewWindow() {
@@ -317,9 +440,13 @@ Result<struct stat> ClusterFs::Lookup(uint64_t parent, std::string_view name) {
 }
 
 Status ClusterFs::LoadBase(File* f, uint64_t ino) {
-  if (f->base) return Status::Ok();
-  CN_ASSIGN_OR_RETURN(Inode i, FsGetInode(options_.kv, ino));
-  f->base = std::move(i);
+  if (f->base && !f->base_stale.exchange(false)) return Status::Ok();
+  Result<Inode> i = FsGetInode(options_.kv, ino);
+  if (!i.ok()) {
+    if (f->base) f->base_stale = true;  // still stale: the next call tries again
+    return i.status();
+  }
+  f->base = std::move(i).value();
   return Status::Ok();
 }
 
@@ -501,12 +628,12 @@ Status ClusterFs::Open(uint64_t ino) {
     // Count the open while holding the map's lock: Release erases a File whose count is 0 under
     // that lock, so counting after GetFile returned could count on an erased File, and an unlink
     // would then not see the file as open (its data would go while the fd still reads it).
+    // Not under f->mu: that may be held across a commit, and mu_ must never wait for one.
     std::lock_guard<std::mutex> l(mu_);
     std::shared_ptr<File>& slot = files_[ino];
     if (!slot) slot = std::make_shared<File>();
     f = slot;
-    std::lock_guard<std::mutex> fl(f->mu);
-    f->opens++;
+    f->opens.fetch_add(1);
   }
   std::lock_guard<std::mutex> l(f->mu);
   Status s = LoadBase(f.get(), ino);
@@ -540,8 +667,10 @@ Status ClusterFs::Release(uint64_t ino, const Caller& c) {
     std::lock_guard<std::mutex> l(mu_);
     auto it = files_.find(ino);
     if (it != files_.end() && it->second == f) {
-      std::lock_guard<std::mutex> fl(f->mu);
-      if (f->opens == 0 && !f->unflushed()) files_.erase(it);
+      // Never wait for f->mu under mu_ (it may be held across a commit): a file busy now is
+      // dropped at a later release.
+      std::unique_lock<std::mutex> fl(f->mu, std::try_to_lock);
+      if (fl.owns_lock() && f->opens == 0 && !f->unflushed()) files_.erase(it);
     }
   }
   return s;

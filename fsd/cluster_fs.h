@@ -34,12 +34,14 @@
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "fsd/control_tree.h"
 #include "node/dfs/chunk_store.h"
 #include "node/dfs/meta.h"
 #include "node/state/replica.h"
+#include "node/state/state_machine.h"
 
 namespace constellation {
 
@@ -105,6 +107,23 @@ class ClusterFs {
   // Drops the owner's POSIX locks (close) or its flock lock (last release of the open file).
   Status UnlockOwner(uint64_t ino, uint64_t owner, bool flock);
   void WaitLockChange(int64_t timeout_ms);
+  // Drops what this node caches of the inodes and names that ops applied from other nodes changed
+  // (or of everything, with `reset`, after a snapshot replaced the state): the in-memory committed
+  // inodes at once, the kernel's attributes, pages and entries through the invalidation thread.
+  // Called on the replica's applying thread; never blocks (invalidations past a bound are dropped
+  // and counted). Pass to ReplicaOptions::on_fs_changes.
+  void OnFsChanges(const std::vector<FsChange>& changes, bool reset);
+  // Where kernel invalidations go (the FUSE front's notify calls); set once the session exists.
+  // Until then (and with none) nothing is sent to the kernel.
+  struct Invalidator {
+    std::function<void(uint64_t ino)> inode;  // attributes and cached pages
+    std::function<void(uint64_t parent, const std::string& name)> entry;
+  };
+  void SetInvalidator(Invalidator invalidator);
+  // Whether an open of `ino` may keep the kernel's cached pages (FOPEN_KEEP_CACHE): only inodes
+  // this node can find again to invalidate after a snapshot (at most kMaxTrackedInodes).
+  bool KeepCache(uint64_t ino);
+
   // Deletes chunks no committed inode references (and older than the store's grace period, so
   // chunks of writes in flight stay). Returns a one-line summary.
   Result<std::string> CollectGarbage();
@@ -144,6 +163,7 @@ class ClusterFs {
   // Turns a sparse window into a full one: its committed bytes with the ranges over them.
   Status Densify(File* f, uint64_t window);
   void BackgroundLoop();
+  void InvalidateLoop();
   Window NewWindow();
   void Recycle(Window* w);
 
@@ -154,6 +174,17 @@ class ClusterFs {
   std::set<std::tuple<uint64_t, uint64_t, bool>> lockers_;  // guarded by mu_
   std::condition_variable lock_changed_;                    // with mu_
   uint64_t lock_generation_ = 0;                            // guarded by mu_
+
+  // Kernel invalidations for remote changes (see OnFsChanges). Lock order: mu_ before inval_mu_.
+  std::mutex inval_call_mu_;  // held while an invalidator runs; before inval_mu_
+  std::mutex inval_mu_;
+  std::condition_variable inval_cv_;
+  Invalidator invalidator_;                                   // guarded by inval_mu_
+  std::deque<std::pair<uint64_t, std::string>> inval_queue_;  // (ino, "") or (parent, name)
+  bool inval_stop_ = false;                                   // guarded by inval_mu_
+  uint64_t inval_dropped_ = 0;                                // guarded by inval_mu_
+  std::thread inval_thread_;
+  std::unordered_set<uint64_t> kernel_cached_;  // inodes opened with KEEP_CACHE, guarded by mu_
 
   // Write-behind: sealed windows waiting for a background thread. Lock order: File::mu, then
   // bg_mu_ or pool_mu_ (never the other way).

@@ -37,7 +37,6 @@ struct Handle {
 };
 
 constexpr double kStableTimeoutS = 3600;
-constexpr double kClusterTimeoutS = 1;
 
 Handle* HandleOf(fuse_file_info* fi) { return reinterpret_cast<Handle*>(fi->fh); }
 
@@ -212,7 +211,7 @@ struct FuseFront::Impl {
 
   // --- cluster/ ---------------------------------------------------------------------------------
   // Requests for inodes of cluster/ go to ClusterFs; the kernel caches its entries and attributes
-  // for kClusterTimeoutS (every change on this node goes through the kernel, which updates them).
+  // for options.cluster_cache_timeout_s (see FuseFrontOptions).
 
   static bool IsCluster(fuse_req_t req, fuse_ino_t ino) {
     return From(req)->cluster != nullptr && ClusterFs::Owns(ino);
@@ -225,14 +224,14 @@ struct FuseFront::Impl {
     e.ino = st->st_ino;
     e.generation = 1;
     e.attr = *st;
-    e.attr_timeout = kClusterTimeoutS;
-    e.entry_timeout = kClusterTimeoutS;
+    e.attr_timeout = From(req)->options.cluster_cache_timeout_s;
+    e.entry_timeout = From(req)->options.cluster_cache_timeout_s;
     fuse_reply_entry(req, &e);
   }
 
   static void ReplyClusterAttr(fuse_req_t req, const Result<struct stat>& st) {
     if (!st.ok()) return ReplyStatus(req, st.status());
-    fuse_reply_attr(req, &*st, kClusterTimeoutS);
+    fuse_reply_attr(req, &*st, From(req)->options.cluster_cache_timeout_s);
   }
 
   static void ReplyXattr(fuse_req_t req, const Result<std::string>& v, size_t size) {
@@ -406,7 +405,8 @@ struct FuseFront::Impl {
       self->handles.insert(h);
     }
     fi->fh = reinterpret_cast<uint64_t>(h);
-    fi->keep_cache = 1;  // one node: every change to the data goes through this kernel
+    // Remote changes invalidate the kernel's pages (ClusterFs::OnFsChanges), for inodes it tracks.
+    fi->keep_cache = self->cluster->KeepCache(ino) ? 1 : 0;
     int rc;
     if (created) {
       fuse_entry_param e;
@@ -414,8 +414,8 @@ struct FuseFront::Impl {
       e.ino = ino;
       e.generation = 1;
       e.attr = *st;
-      e.attr_timeout = kClusterTimeoutS;
-      e.entry_timeout = kClusterTimeoutS;
+      e.attr_timeout = self->options.cluster_cache_timeout_s;
+      e.entry_timeout = self->options.cluster_cache_timeout_s;
       rc = fuse_reply_create(req, &e, fi);
     } else {
       rc = fuse_reply_open(req, fi);

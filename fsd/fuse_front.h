@@ -26,6 +26,10 @@ struct FuseFrontOptions {
   ClusterFs* cluster = nullptr;  // cluster/; nullptr leaves it an empty directory
   EventHub* events = nullptr;
   std::string mount;
+  // How long the kernel may cache cluster/'s entries and attributes. Changes made through this
+  // kernel update them at once, changes from other nodes invalidate them (ClusterFs::OnFsChanges),
+  // so the timeout only bounds staleness when an invalidation was dropped.
+  double cluster_cache_timeout_s = 1;
   int max_idle_threads = 16;
   unsigned max_threads = 64;
 };

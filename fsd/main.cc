@@ -11,6 +11,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
@@ -64,6 +65,8 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
   --log-level L     debug, info, warn or error (default: info)
   --chunk-grace-s N unreferenced chunks younger than N seconds are kept by garbage collection
                     (chunks of writes in flight; default 3600)
+  --cache-timeout-ms N  how long the kernel caches cluster/ entries and attributes (default 1000);
+                    changes from other nodes invalidate them before that
   --reserve-mb N    refuse new writes (ENOSPC) while the data dir's file system has less than N MiB
                     free, so committed entries can always be applied (default: 64)
 
@@ -95,6 +98,7 @@ struct Flags {
   std::string log_level = "info";
   uint64_t reserve_mb = 64;
   int64_t chunk_grace_s = 3600;
+  int64_t cache_timeout_ms = 1000;
   bool links = false;
   bool foreground = false;
   bool addr_set = false;
@@ -307,6 +311,11 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   ro.on_instance_changes = [a = agent.get()](const std::vector<InstanceChange>& c) {
     a->OnChanges(c);
   };
+  // cluster/ exists only after the replica: until then (the replay at open) there is no cache.
+  std::atomic<ClusterFs*> fs_caches{nullptr};
+  ro.on_fs_changes = [&fs_caches](const std::vector<FsChange>& c, bool reset) {
+    if (ClusterFs* fs = fs_caches.load()) fs->OnFsChanges(c, reset);
+  };
   Result<std::unique_ptr<Replica>> replica = Replica::Open(ro);
   if (!replica.ok()) {
     ready("cannot open the data dir " + f.data + ": " + replica.status().message());
@@ -393,6 +402,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   fo.tree = &tree;
   fo.events = (*replica)->events();
   fo.cluster = &cluster;
+  fo.cluster_cache_timeout_s = static_cast<double>(f.cache_timeout_ms) / 1000;
   fo.mount = f.mount;
   Result<std::unique_ptr<FuseFront>> front = FuseFront::Mount(fo);
   if (!front.ok()) {
@@ -403,6 +413,13 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     ready("cannot install signal handlers");
     return 1;
   }
+  fuse_session* se = (*front)->session();
+  cluster.SetInvalidator(ClusterFs::Invalidator{
+      [se](uint64_t ino) { (void)fuse_lowlevel_notify_inval_inode(se, ino, 0, 0); },
+      [se](uint64_t parent, const std::string& name) {
+        (void)fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
+      }});
+  fs_caches = &cluster;
   if (f.links) MakeLinks(f.mount);
   // The runtime starts once the tree is served: starting an instance bind-mounts M/cluster and
   // M/constellation into it, which the FUSE loop must answer. Start-up is reported (ready) after
@@ -462,8 +479,10 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   gc.join();
   fuse_remove_signal_handlers((*front)->session());
   CN_LOG(Info) << "shutting down";
-  agent->Shutdown();  // answers writes still waiting for their instance
-  front->reset();     // unmounts
+  fs_caches = nullptr;
+  cluster.SetInvalidator({});  // no kernel notifications once the session goes
+  agent->Shutdown();           // answers writes still waiting for their instance
+  front->reset();              // unmounts
   if (cluster_node) cluster_node->Detach();
   if (rt) {
     CN_LOG(Info) << (f.leave_instances ? "leaving instances running"
@@ -498,6 +517,7 @@ int Main(int argc, char** argv) {
                                     {"version", no_argument, nullptr, 'V'},
                                     {"reserve-mb", required_argument, nullptr, 'r'},
                                     {"chunk-grace-s", required_argument, nullptr, 'g'},
+                                    {"cache-timeout-ms", required_argument, nullptr, 'T'},
                                     {"bind", required_argument, nullptr, 'b'},
                                     {"join", required_argument, nullptr, 'j'},
                                     {"token", required_argument, nullptr, 't'},
@@ -588,6 +608,17 @@ int Main(int argc, char** argv) {
           return 2;
         }
         f.chunk_grace_s = v;
+        break;
+      }
+      case 'T': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 0 || v > 86400000) {
+          fprintf(stderr, "constellationd: --cache-timeout-ms: \"%s\" is not 0..86400000\n",
+                  optarg);
+          return 2;
+        }
+        f.cache_timeout_ms = v;
         break;
       }
       case 'r': {

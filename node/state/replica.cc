@@ -162,7 +162,7 @@ struct Replica::Impl {
   Impl(const ReplicaOptions& o)
       : options(o),
         env(o.env ? o.env : DefaultEnv()),
-        state(StateMachineOptions{o.audit_keep, o.on_instance_changes}),
+        state(StateMachineOptions{o.audit_keep, o.on_instance_changes, o.on_fs_changes}),
         events(o.event_capacity) {}
 
   bool HasWaiter(uint64_t id) {
@@ -454,6 +454,7 @@ struct Replica::Impl {
         Status load = state.Load(kv.get());
         CN_CHECK(load.ok()) << "loading the state of snapshot " << rd.snapshot->meta.index << ": "
                             << load.ToString();
+        if (options.on_fs_changes) options.on_fs_changes({}, /*reset=*/true);
         CN_LOG(Info) << "installed snapshot " << rd.snapshot->meta.index << " ("
                      << rd.snapshot->meta.size << " bytes)";
         applied_cv.notify_all();

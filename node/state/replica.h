@@ -69,6 +69,8 @@ struct ReplicaOptions {
   int64_t reforward_ms = 2000;  // a follower's proposal not applied by then is sent again
   // See StateMachineOptions::on_instance_changes. Also called while Open replays the log.
   std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
+  // See StateMachineOptions::on_fs_changes; also called (with reset) after a snapshot is installed.
+  std::function<void(const std::vector<FsChange>& changes, bool reset)> on_fs_changes;
 };
 
 struct ReplicaStatus {

@@ -238,6 +238,9 @@ Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* bat
     FsResult r;
     verdict = op.ok() ? FsMeta::Apply(index, *op, fs_.get(), &r) : op.status();
     if (verdict.ok() && result != nullptr) *result = EncodeFsResult(r);
+    if (verdict.ok() && options_.on_fs_changes) {
+      staged_.fs_changes.push_back(FsChange{c.node, std::move(op).value(), std::move(r)});
+    }
   } else {
     verdict = ApplyCommand(c, batch, events);
   }
@@ -389,13 +392,16 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
 
 void StateMachine::CommitStaged() {
   std::vector<InstanceChange> changes;
+  std::vector<FsChange> fs_changes;
   {
     std::unique_lock<std::shared_mutex> l(mu_);
     CommitStagedLocked();
     changes.swap(staged_.changes);
+    fs_changes.swap(staged_.fs_changes);
     staged_ = Staged{};
   }
   if (!changes.empty() && options_.on_instance_changes) options_.on_instance_changes(changes);
+  if (!fs_changes.empty()) options_.on_fs_changes(fs_changes, false);
 }
 
 void StateMachine::CommitStagedLocked() {

@@ -68,12 +68,25 @@ struct InstanceChange {
   std::string verb;
 };
 
+// An applied file-system op, for the node's ClusterFs to drop what it and the kernel cache of the
+// inodes and names the op changed (when another node proposed it).
+struct FsChange {
+  std::string node;  // the proposing node
+  FsOp op;
+  FsResult result;
+};
+
 struct StateMachineOptions {
   uint64_t audit_keep = 100000;  // newest audit lines kept
   // Called at the end of CommitStaged, on the applying thread, with the instance changes of the
   // committed entries in apply order (refused commands are not changes). The committed state is
   // readable when it runs. Must not block: it holds up every later commit.
   std::function<void(const std::vector<InstanceChange>&)> on_instance_changes;
+  // Called at the end of CommitStaged, on the applying thread, with the file-system ops the
+  // committed entries applied (refused ones are not), in order; and with `reset` true after Load
+  // replaced the whole state (a snapshot was installed): then any cached view may be stale. Must
+  // not block (it must not wait for a commit, nor take a lock held across one).
+  std::function<void(const std::vector<FsChange>& changes, bool reset)> on_fs_changes;
 };
 
 class StateMachine {
@@ -119,6 +132,7 @@ class StateMachine {
     std::map<std::string, MemberRecord> members;
     std::map<std::string, uint64_t> requests;
     std::vector<InstanceChange> changes;
+    std::vector<FsChange> fs_changes;
   };
 
   Status ApplyCommand(const Command& c, KvStore::Batch* batch, std::vector<std::string>* events);
