@@ -117,6 +117,28 @@ for mode in wal delete; do
   expect_eq "$(sqlite3 $db 'pragma integrity_check')" ok "sqlite $mode: integrity"
 done
 
+# A build: cmake configures, make compiles and links (object files, archives, dependency files,
+# renames of temporaries), the program runs; a second make finds nothing to do, and a touched
+# source rebuilds only what depends on it.
+mkdir -p $F/proj
+cat > $F/proj/CMakeLists.txt <<'CM'
+cmake_minimum_required(VERSION 3.13)
+project(hello C)
+add_library(greet STATIC greet.c)
+add_executable(hello main.c)
+target_link_libraries(hello greet)
+CM
+printf '#include <stdio.h>\nvoid greet(const char* w) { printf("hello %%s\\n", w); }\n' > $F/proj/greet.c
+printf 'void greet(const char*);\nint main(void) { greet("cluster"); return 0; }\n' > $F/proj/main.c
+( cmake -S $F/proj -B $F/proj/build && make -C $F/proj/build ) > $T/build.out 2>&1 ||
+  fail "cmake + make: $(tail -20 $T/build.out)"
+expect_eq "$($F/proj/build/hello)" "hello cluster" "the built program runs"
+make -C $F/proj/build 2>&1 | grep -q "Building C object" && fail "a second make rebuilt something"
+touch $F/proj/main.c
+make -C $F/proj/build > $T/build2.out 2>&1 || fail "make after touch: $(cat $T/build2.out)"
+grep -q "main.c.o" $T/build2.out && ! grep -q "greet.c.o" $T/build2.out ||
+  fail "a touched source did not rebuild just its object: $(cat $T/build2.out)"
+
 # Durability: what close or fsync returned survives kill -9, byte for byte.
 head -c $((3 * 1024 * 1024)) /dev/urandom > $T/durable
 cp $T/durable $F/durable
