@@ -593,9 +593,9 @@ void ControlTree::RmdirAsync(uint64_t parent, std::string_view name, const Calle
 Result<std::string> ControlTree::ReadStatus(const Node&) {
   ReplicaStatus s = options_.replica->GetStatus();
   int64_t uptime_s = (options_.now_ms() - options_.start_ms) / 1000;
-  size_t alive = options_.nodes_alive ? options_.nodes_alive()
+  size_t alive = options_.nodes_alive                                    ? options_.nodes_alive()
                  : options_.replica->state().GetNode(options_.node_name) ? 1
-                                                                          : 0;
+                                                                         : 0;
   return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " +
          (s.leader.empty() ? std::string("none") : s.leader) + "\nterm " + std::to_string(s.term) +
          "\ncommit_index " + std::to_string(s.commit_index) + "\napplied_index " +

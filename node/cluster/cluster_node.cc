@@ -11,10 +11,10 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <shared_mutex>
 #include <sstream>
-#include <random>
 #include <thread>
 
 #include "node/base/log.h"
@@ -224,8 +224,8 @@ struct ClusterNode::Impl {
       std::optional<MemberRecord> sender = MemberByKey(from_key);
       if (!sender || sender->name != w->membership.from) {
         refused.fetch_add(1);
-        CN_LOG(Warning) << "dropped a membership message claiming to be from "
-                        << w->membership.from << " sent with "
+        CN_LOG(Warning) << "dropped a membership message claiming to be from " << w->membership.from
+                        << " sent with "
                         << (sender ? "the key of " + sender->name : "an unknown key");
         return;
       }
