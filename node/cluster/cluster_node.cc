@@ -63,6 +63,18 @@ std::string EncodeMembers(const std::vector<MemberRecord>& members) {
 
 }  // namespace
 
+namespace {
+// "\"" + s + "\"", built by appending (GCC 12 warns falsely about operator+ on a temporary).
+std::string Quoted(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.push_back('"');
+  out.append(s);
+  out.push_back('"');
+  return out;
+}
+}  // namespace
+
 Status WriteKeyFile(const std::string& path, const std::string& public_key,
                     const std::string& secret_key) {
   return WriteFileMode(path, "public " + public_key + "\nsecret " + secret_key + "\n", 0600);
@@ -659,18 +671,18 @@ void ClusterNode::Leave() {
 Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o) {
   size_t eq = name_value.find('=');
   if (eq == std::string_view::npos) {
-    return Status::InvalidArgument("\"" + std::string(name_value) + "\" is not NAME=VALUE");
+    return Status::InvalidArgument(Quoted(name_value) + " is not NAME=VALUE");
   }
   std::string name(name_value.substr(0, eq));
   std::string value(name_value.substr(eq + 1));
   char* end = nullptr;
   double v = strtod(value.c_str(), &end);
   if (value.empty() || *end != '\0' || !(v >= 0) || v > 86400000) {
-    return Status::InvalidArgument(name + ": \"" + value + "\" is not a number 0..86400000");
+    return Status::InvalidArgument(name + ": " + Quoted(value) + " is not a number 0..86400000");
   }
   auto whole = [&](int64_t lo, int64_t hi, auto* field) -> Status {
     if (v != static_cast<double>(static_cast<int64_t>(v)) || v < lo || v > hi) {
-      return Status::InvalidArgument(name + ": \"" + value + "\" is not an integer " +
+      return Status::InvalidArgument(name + ": " + Quoted(value) + " is not an integer " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     }
     *field = static_cast<std::remove_reference_t<decltype(*field)>>(v);
@@ -687,14 +699,14 @@ Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o) {
   if (name == "leave_timeout_ms") return whole(0, 60000, &o->leave_timeout_ms);
   if (name == "suspicion_mult" || name == "suspicion_max_mult") {
     if (v < 0.1 || v > 1000) {
-      return Status::InvalidArgument(name + ": \"" + value + "\" is not 0.1..1000");
+      return Status::InvalidArgument(name + ": " + Quoted(value) + " is not 0.1..1000");
     }
     (name == "suspicion_mult" ? s.suspicion_mult : s.suspicion_max_mult) = v;
     return Status::Ok();
   }
   return Status::InvalidArgument(
-      "unknown setting \"" + name +
-      "\" (probe_interval_ms, probe_timeout_ms, indirect_checks, suspicion_mult, "
+      "unknown setting " + Quoted(name) +
+      " (probe_interval_ms, probe_timeout_ms, indirect_checks, suspicion_mult, "
       "suspicion_max_mult, gossip_interval_ms, gossip_fanout, push_pull_interval_ms, "
       "reconnect_interval_ms, leave_timeout_ms)");
 }
