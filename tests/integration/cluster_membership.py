@@ -24,10 +24,10 @@ class Events:
         self.lines = []
         self.buf = b""
 
-    def wait(self, pattern, timeout):
-        """Until a line contains `pattern` (returns its index in self.lines), or fails."""
+    def wait(self, pattern, timeout, after=-1):
+        """Until a line after index `after` contains `pattern` (returns its index), or fails."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = after + 1
         while True:
             for i in range(seen, len(self.lines)):
                 if pattern in self.lines[i]:
@@ -73,7 +73,7 @@ eventually(lambda: all_see(c, (1, 2, 3), "n4", "dead"), "n1-n3 show n4 dead", 20
 if c.status(1)["nodes_alive"] != "3":
     fail(f"node 1 shows nodes_alive {c.status(1)['nodes_alive']} with n4 dead", c)
 c.tool("resume", "4")
-ev.wait("node_alive n4", 20)
+ev.wait("node_alive n4", 20, after=i_dead)
 eventually(lambda: all_see(c, (1, 2, 3), "n4", "alive"), "n1-n3 show n4 alive again", 20, c)
 eventually(lambda: all(state(c, 4, n) == "alive" for n in names), "n4 sees everyone alive", 20, c)
 
