@@ -372,8 +372,11 @@ Result<std::string> ControlTree::Read(uint64_t ino) {
   const FileSpec& f = files[n.file];
   if (f.read == nullptr) return Status::PermissionDenied(std::string(f.name) + " is write-only");
   // Replicated state is read linearizably (a ReadIndex round with the leader; free on a node that
-  // is its cluster's only voter). `status` and `error` are this node's own view: always readable.
-  if (f.read != &T::ReadStatus && f.read != &T::ReadError) {
+  // is its cluster's only voter). `status`, `error` and nodes/<n>/status are this node's own view:
+  // always readable.
+  bool own_view = f.read == &T::ReadStatus || f.read == &T::ReadError ||
+                  (n.kind == Kind::kNodeFile && std::string_view(f.name) == "status");
+  if (!own_view) {
     CN_RETURN_IF_ERROR(options_.replica->ReadBarrier());
   }
   return (this->*f.read)(n);
@@ -590,7 +593,9 @@ void ControlTree::RmdirAsync(uint64_t parent, std::string_view name, const Calle
 Result<std::string> ControlTree::ReadStatus(const Node&) {
   ReplicaStatus s = options_.replica->GetStatus();
   int64_t uptime_s = (options_.now_ms() - options_.start_ms) / 1000;
-  size_t alive = options_.replica->state().GetNode(options_.node_name) ? 1 : 0;
+  size_t alive = options_.nodes_alive                                    ? options_.nodes_alive()
+                 : options_.replica->state().GetNode(options_.node_name) ? 1
+                                                                         : 0;
   return "cluster " + s.cluster_id + "\nnode " + s.node + "\nleader " +
          (s.leader.empty() ? std::string("none") : s.leader) + "\nterm " + std::to_string(s.term) +
          "\ncommit_index " + std::to_string(s.commit_index) + "\napplied_index " +
@@ -637,7 +642,11 @@ Result<std::string> ControlTree::ReadNodeFile(const Node& n) {
   if (!r) return Status::NotFound("node " + n.object + " no longer exists");
   std::string_view f = Tables::kNodeFiles[n.file].name;
   bool self = n.object == options_.node_name;
-  if (f == "status") return std::string(self ? "alive\n" : "unknown\n");
+  if (f == "status") {
+    std::string state = options_.node_state ? options_.node_state(n.object) : "";
+    if (state.empty()) state = self && !options_.node_state ? "alive" : "unknown";
+    return state + "\n";
+  }
   if (f == "addr") return r->addr + "\n";
   if (f == "cpu_cores") return std::to_string(r->cpu_cores) + "\n";
   if (f == "ram_mb") return std::to_string(r->ram_mb) + "\n";

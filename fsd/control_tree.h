@@ -70,6 +70,11 @@ struct ControlTreeOptions {
   std::function<Status()> collect_garbage;
   // More `key value` lines for `status` (the cluster's: role, voters, refused connections...).
   std::function<std::string()> cluster_status;
+  // This node's liveness view (SWIM) for nodes/<n>/status — "alive", "suspect", "dead", "left",
+  // or "" for a node not heard of yet — and for `nodes_alive` in status. Unset: a node alone,
+  // which sees itself alive and knows nothing of others.
+  std::function<std::string(const std::string& node)> node_state;
+  std::function<size_t()> nodes_alive;
   // Runs this node's instances: writes to an instance wait for it (see Write), and `state`,
   // `pid`, `exit_code`, `stats` and `log` come from its runtime. nullptr: the files show the
   // records only (unit tests).

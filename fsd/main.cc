@@ -56,6 +56,13 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
   --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60)
   --key FILE        this node's key pair (from `constellation keygen`; default: DATA/node.key,
                     made at first start)
+  --swim NAME=VALUE SWIM failure-detector timing (repeatable; with --bind). Defaults detect a
+                    dead node within 3 s: probe_interval_ms=500 probe_timeout_ms=200
+                    indirect_checks=3 suspicion_mult=1 suspicion_max_mult=6 (the suspicion
+                    timeout, in probe intervals, falls from mult*max_mult to mult as others
+                    confirm) gossip_interval_ms=200 gossip_fanout=3 push_pull_interval_ms=30000
+                    reconnect_interval_ms=2000 leave_timeout_ms=1000 (a clean stop waits this
+                    long at most for its `left` to spread)
   --write-timeout-ms N  a write not committed within N ms fails with EAGAIN (default 10000)
   --log-keep N      applied log entries kept for followers before the log is compacted into a
                     snapshot (default 10000)
@@ -114,6 +121,7 @@ struct Flags {
   bool leave_instances = false;
   int64_t stop_grace_s = 10;
   std::string cgroup_parent = "constellation";
+  std::vector<std::string> swim;  // --swim NAME=VALUE, validated by ParseSwimFlag
 };
 
 Result<LogLevel> ParseLogLevel(const std::string& s) {
@@ -299,6 +307,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     co.join = f.join;
     co.token = f.token;
     co.join_timeout_ms = f.join_timeout_s * 1000;
+    for (const std::string& kv : f.swim) (void)ParseSwimFlag(kv, &co);  // checked in Main
     Result<std::unique_ptr<ClusterNode>> cn = ClusterNode::Start(co);
     if (!cn.ok()) {
       ready("cannot start the cluster transport on " + f.bind + ": " + cn.status().message());
@@ -390,6 +399,8 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
              "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
              std::to_string(c.malformed) + "\n";
     };
+    to.node_state = [&cluster_node](const std::string& n) { return cluster_node->NodeState(n); };
+    to.nodes_alive = [&cluster_node]() { return cluster_node->NodesAlive(); };
   }
   to.set_log_level = [](const std::string& level) -> Status {
     CN_ASSIGN_OR_RETURN(LogLevel l, ParseLogLevel(level));
@@ -470,6 +481,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     }
   });
   s = (*front)->Run();
+  if (cluster_node) cluster_node->Leave();  // others see `left` at once, not `dead` in seconds
   starter.join();
   {
     std::lock_guard<std::mutex> l(gc_mu);
@@ -530,6 +542,7 @@ int Main(int argc, char** argv) {
                                     {"leave-instances", no_argument, nullptr, 'E'},
                                     {"stop-grace-s", required_argument, nullptr, 's'},
                                     {"cgroup-parent", required_argument, nullptr, 'c'},
+                                    {"swim", required_argument, nullptr, 'S'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -659,6 +672,16 @@ int Main(int argc, char** argv) {
           return 2;
         }
         f.cgroup_parent = optarg;
+        break;
+      }
+      case 'S': {
+        ClusterNodeOptions scratch;
+        Status ss = ParseSwimFlag(optarg, &scratch);
+        if (!ss.ok()) {
+          fprintf(stderr, "constellationd: --swim: %s\n", ss.message().c_str());
+          return 2;
+        }
+        f.swim.push_back(optarg);
         break;
       }
       case 'h':

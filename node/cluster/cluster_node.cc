@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <shared_mutex>
 #include <sstream>
@@ -26,6 +27,7 @@ namespace constellation {
 namespace {
 
 constexpr size_t kMaxJoinQueue = 16;
+constexpr size_t kMaxSwimQueue = 4096;  // SWIM messages received, not yet stepped
 constexpr int64_t kJoinRetryMs = 1000;
 constexpr char kJoinMembersKey[] = "j/members";  // the join reply's member list (local key)
 
@@ -59,6 +61,18 @@ std::string EncodeMembers(const std::vector<MemberRecord>& members) {
   return EncodeJoinReply(r);
 }
 
+}  // namespace
+
+namespace {
+// "\"" + s + "\"", built by appending (GCC 12 warns falsely about operator+ on a temporary).
+std::string Quoted(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.push_back('"');
+  out.append(s);
+  out.push_back('"');
+  return out;
+}
 }  // namespace
 
 Status WriteKeyFile(const std::string& path, const std::string& public_key,
@@ -109,6 +123,20 @@ struct ClusterNode::Impl {
   std::atomic<uint64_t> refused{0};
   std::atomic<uint64_t> malformed{0};
   std::atomic<uint64_t> join_requests{0};
+
+  // ---- Membership (SWIM). The core is owned by swim_thread; the rest is guarded by swim_mu.
+  std::unique_ptr<membership::Membership> swim;
+  std::thread swim_thread;
+  std::mutex swim_mu;
+  std::condition_variable swim_cv;
+  std::deque<membership::Message> swim_queue;
+  bool swim_stop = false;
+  bool leave_requested = false;
+  bool leave_done = false;
+  std::condition_variable leave_cv;
+  std::atomic<uint64_t> swim_dropped{0};
+  mutable std::mutex view_mu;  // guards `view`: the members as of the last round
+  std::map<std::string, membership::State> view;
 
   // ---- Who is who (any thread).
   std::optional<MemberRecord> MemberByKey(const std::string& key) {
@@ -204,6 +232,24 @@ struct ClusterNode::Impl {
       reply_cv.notify_all();
       return;
     }
+    if (w->kind == WireKind::kMembership) {
+      std::optional<MemberRecord> sender = MemberByKey(from_key);
+      if (!sender || sender->name != w->membership.from) {
+        refused.fetch_add(1);
+        CN_LOG(Warning) << "dropped a membership message claiming to be from " << w->membership.from
+                        << " sent with "
+                        << (sender ? "the key of " + sender->name : "an unknown key");
+        return;
+      }
+      std::lock_guard<std::mutex> l(swim_mu);
+      if (swim_stop || swim_queue.size() >= kMaxSwimQueue) {
+        swim_dropped.fetch_add(1);  // SWIM tolerates loss: probes retry, updates are resent
+        return;
+      }
+      swim_queue.push_back(std::move(w->membership));
+      swim_cv.notify_one();
+      return;
+    }
     if (w->kind != WireKind::kRaft) {
       refused.fetch_add(1);
       return;
@@ -278,6 +324,129 @@ struct ClusterNode::Impl {
       in.dead = dead;
     }
     return PlanVoters(in);
+  }
+
+  // ---- Membership (swim_thread).
+  void SendSwim(const membership::Outgoing& out) {
+    std::optional<MemberRecord> to;
+    if (!out.message.to.empty()) {
+      to = MemberByName(out.message.to);
+    } else {
+      // A join push-pull names only the seed's address: the key is that member's.
+      std::shared_lock<std::shared_mutex> l(replica_mu);
+      if (replica != nullptr) {
+        for (const MemberRecord& m : replica->state().ListMembers()) {
+          if (m.addr == out.addr) to = m;
+        }
+      }
+    }
+    if (!to) {
+      CN_LOG(Debug) << "no key for " << out.message.to << " at " << out.addr
+                    << "; dropped a membership message";
+      return;
+    }
+    SendTo(to->addr, to->key, EncodeMembershipWire(out.message));
+  }
+
+  void HandleSwimEvent(const membership::Event& e, std::map<std::string, membership::State>* seen,
+                       EventHub* events) {
+    if (e.node == options.node_name) return;
+    auto it = seen->find(e.node);
+    if (it != seen->end() && it->second == e.state) return;  // an address change only
+    bool is_new = it == seen->end();
+    (*seen)[e.node] = e.state;
+    const char* state = membership::StateName(e.state);
+    CN_LOG(Info) << "node " << e.node << " is " << state << " (incarnation " << e.incarnation
+                 << ")";
+    int64_t now = DefaultEnv()->clock->NowUnixMs();
+    std::string line = std::to_string(now) + " ";
+    if (is_new && e.state == membership::State::kAlive) {
+      line += "node_joined " + e.node + " addr=" + e.addr;
+    } else {
+      line += std::string("node_") + state + " " + e.node +
+              " incarnation=" + std::to_string(e.incarnation);
+    }
+    if (events != nullptr) events->Publish({line}, now);
+    if (e.state == membership::State::kDead || e.state == membership::State::kLeft) {
+      SetDead(e.node, true);
+    } else if (e.state == membership::State::kAlive) {
+      SetDead(e.node, false);
+    }
+  }
+
+  void SetDead(const std::string& node, bool is_dead) {
+    std::lock_guard<std::mutex> l(mu);
+    if (is_dead) {
+      dead.insert(node);
+    } else {
+      dead.erase(node);
+    }
+  }
+
+  void RunSwim(EventHub* events) {
+    Clock* clock = DefaultEnv()->clock;
+    std::map<std::string, membership::State> seen;
+    int64_t leave_deadline = 0;
+    std::unique_lock<std::mutex> l(swim_mu);
+    while (!swim_stop) {
+      std::deque<membership::Message> in;
+      in.swap(swim_queue);
+      bool start_leave = leave_requested && !swim->left();
+      l.unlock();
+      int64_t now = clock->MonotonicMs();
+      for (const membership::Message& m : in) {
+        Status s = swim->Step(m, now);
+        if (!s.ok()) CN_LOG(Debug) << "membership: " << s.ToString();
+      }
+      if (start_leave) {
+        Status s = swim->Leave(now);
+        if (!s.ok()) CN_LOG(Warning) << "membership leave: " << s.ToString();
+        leave_deadline = now + options.leave_timeout_ms;
+        CN_LOG(Info) << "leaving: announcing it to the other nodes";
+      }
+      swim->Tick(now);
+      membership::Ready ready = swim->GetReady();
+      for (const membership::Outgoing& out : ready.messages) SendSwim(out);
+      for (const membership::Event& e : ready.events) HandleSwimEvent(e, &seen, events);
+      if (!ready.events.empty() || start_leave) {
+        std::map<std::string, membership::State> v;
+        for (const membership::Member& m : swim->members()) v[m.name] = m.state;
+        std::lock_guard<std::mutex> vl(view_mu);
+        view = std::move(v);
+      }
+      bool left_done = swim->left() && (swim->pending_broadcasts() == 0 || now >= leave_deadline);
+      int64_t next = swim->NextTickMs();
+      if (swim->left() && !left_done) next = std::min(next, now + 20);
+      l.lock();
+      if (left_done && !leave_done) {
+        leave_done = true;
+        leave_cv.notify_all();
+      }
+      if (swim_stop || !swim_queue.empty() || (leave_requested && !swim->left())) continue;
+      int64_t wait_ms = std::max<int64_t>(1, next - clock->MonotonicMs());
+      swim_cv.wait_for(l, std::chrono::milliseconds(wait_ms));
+    }
+  }
+
+  Status StartSwim(Replica* r) {
+    membership::Options o = options.swim;
+    o.name = options.node_name;
+    o.addr = options.addr;
+    o.seed = std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32);
+    CN_ASSIGN_OR_RETURN(swim, membership::Membership::New(o, DefaultEnv()->clock->MonotonicMs()));
+    std::vector<std::string> seeds;
+    for (const MemberRecord& m : r->state().ListMembers()) {
+      if (m.name != options.node_name && !m.addr.empty()) seeds.push_back(m.addr);
+    }
+    if (!seeds.empty()) {
+      CN_RETURN_IF_ERROR(swim->Join(seeds, DefaultEnv()->clock->MonotonicMs()));
+    }
+    {
+      std::lock_guard<std::mutex> vl(view_mu);
+      for (const membership::Member& m : swim->members()) view[m.name] = m.state;
+    }
+    swim_thread = std::thread([this, events = r->events()] { RunSwim(events); });
+    return Status::Ok();
   }
 
   Status Join(Replica* r) {
@@ -355,6 +524,13 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Start(const ClusterNodeOptions
   m.token = FormatJoinToken(JoinToken{m.pub, m.join_sec});
   CN_RETURN_IF_ERROR(WriteFileMode(o.data_dir + "/join_token", m.token + "\n", 0600));
   if (!o.join.empty()) CN_RETURN_IF_ERROR(ParseJoinToken(o.token).status());
+  {
+    membership::Options so = o.swim;
+    so.name = o.node_name;
+    so.addr = m.options.addr;
+    Status s = so.Validate();
+    if (!s.ok()) return Status::InvalidArgument("--swim: " + s.message());
+  }
   ZmqTransportOptions to;
   to.bind_address = o.bind;
   // A bind to port 0 (any free port) announces the port it got.
@@ -428,7 +604,7 @@ Status ClusterNode::Attach(Replica* replica) {
     Status s = replica->Propose(c);
     if (!s.ok()) return Status(s.code(), "cannot admit this node's key: " + s.message());
   }
-  return Status::Ok();
+  return m.StartSwim(replica);
 }
 
 void ClusterNode::Detach() {
@@ -440,6 +616,14 @@ void ClusterNode::Detach() {
   m.join_cv.notify_all();
   m.reply_cv.notify_all();
   if (m.join_worker.joinable()) m.join_worker.join();
+  {
+    std::lock_guard<std::mutex> l(m.swim_mu);
+    m.swim_stop = true;
+    m.leave_done = true;
+  }
+  m.swim_cv.notify_all();
+  m.leave_cv.notify_all();
+  if (m.swim_thread.joinable()) m.swim_thread.join();
   std::unique_lock<std::shared_mutex> l(m.replica_mu);
   m.replica = nullptr;
 }
@@ -458,13 +642,73 @@ ClusterCounters ClusterNode::counters() const {
   return c;
 }
 
-void ClusterNode::SetNodeDead(const std::string& node, bool dead) {
-  std::lock_guard<std::mutex> l(impl_->mu);
-  if (dead) {
-    impl_->dead.insert(node);
-  } else {
-    impl_->dead.erase(node);
+void ClusterNode::SetNodeDead(const std::string& node, bool dead) { impl_->SetDead(node, dead); }
+
+std::string ClusterNode::NodeState(const std::string& node) const {
+  std::lock_guard<std::mutex> l(impl_->view_mu);
+  auto it = impl_->view.find(node);
+  return it == impl_->view.end() ? "" : membership::StateName(it->second);
+}
+
+size_t ClusterNode::NodesAlive() const {
+  std::lock_guard<std::mutex> l(impl_->view_mu);
+  size_t n = 0;
+  for (const auto& [name, state] : impl_->view) n += state == membership::State::kAlive ? 1 : 0;
+  return n;
+}
+
+void ClusterNode::Leave() {
+  Impl& m = *impl_;
+  std::unique_lock<std::mutex> l(m.swim_mu);
+  if (!m.swim_thread.joinable() || m.swim_stop) return;
+  m.leave_requested = true;
+  m.swim_cv.notify_all();
+  // The thread ends the wait by leave_timeout_ms; the margin covers a slow round.
+  m.leave_cv.wait_for(l, std::chrono::milliseconds(m.options.leave_timeout_ms + 1000),
+                      [&] { return m.leave_done; });
+}
+
+Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o) {
+  size_t eq = name_value.find('=');
+  if (eq == std::string_view::npos) {
+    return Status::InvalidArgument(Quoted(name_value) + " is not NAME=VALUE");
   }
+  std::string name(name_value.substr(0, eq));
+  std::string value(name_value.substr(eq + 1));
+  char* end = nullptr;
+  double v = strtod(value.c_str(), &end);
+  if (value.empty() || *end != '\0' || !(v >= 0) || v > 86400000) {
+    return Status::InvalidArgument(name + ": " + Quoted(value) + " is not a number 0..86400000");
+  }
+  auto whole = [&](int64_t lo, int64_t hi, auto* field) -> Status {
+    if (v != static_cast<double>(static_cast<int64_t>(v)) || v < lo || v > hi) {
+      return Status::InvalidArgument(name + ": " + Quoted(value) + " is not an integer " +
+                                     std::to_string(lo) + ".." + std::to_string(hi));
+    }
+    *field = static_cast<std::remove_reference_t<decltype(*field)>>(v);
+    return Status::Ok();
+  };
+  membership::Options& s = o->swim;
+  if (name == "probe_interval_ms") return whole(10, 600000, &s.probe_interval_ms);
+  if (name == "probe_timeout_ms") return whole(1, 600000, &s.probe_timeout_ms);
+  if (name == "indirect_checks") return whole(0, 16, &s.indirect_checks);
+  if (name == "gossip_interval_ms") return whole(10, 600000, &s.gossip_interval_ms);
+  if (name == "gossip_fanout") return whole(1, 64, &s.gossip_fanout);
+  if (name == "push_pull_interval_ms") return whole(0, 86400000, &s.push_pull_interval_ms);
+  if (name == "reconnect_interval_ms") return whole(0, 86400000, &s.reconnect_interval_ms);
+  if (name == "leave_timeout_ms") return whole(0, 60000, &o->leave_timeout_ms);
+  if (name == "suspicion_mult" || name == "suspicion_max_mult") {
+    if (v < 0.1 || v > 1000) {
+      return Status::InvalidArgument(name + ": " + Quoted(value) + " is not 0.1..1000");
+    }
+    (name == "suspicion_mult" ? s.suspicion_mult : s.suspicion_max_mult) = v;
+    return Status::Ok();
+  }
+  return Status::InvalidArgument(
+      "unknown setting " + Quoted(name) +
+      " (probe_interval_ms, probe_timeout_ms, indirect_checks, suspicion_mult, "
+      "suspicion_max_mult, gossip_interval_ms, gossip_fanout, push_pull_interval_ms, "
+      "reconnect_interval_ms, leave_timeout_ms)");
 }
 
 }  // namespace constellation

@@ -19,8 +19,16 @@
 // snapshot when the log is compacted), and promotes it while the cluster has fewer than 3 (or 5)
 // voters.
 //
+// Liveness (SWIM, node/membership): once attached, one thread drives a membership::Membership
+// core — its messages travel as WireKind::kMembership over the same CURVE transport (a sender
+// must hold the key of the member it names), it joins through the other admitted members'
+// addresses, and its events become `node_joined`, `node_alive`, `node_suspect`, `node_dead` and
+// `node_left` lines in constellation/events and SetNodeDead calls (dead or left: dead; alive: not).
+// Leave (on a clean stop) announces `left` and waits, boundedly, until it is disseminated.
+//
 // Lifecycle: Start (before Replica::Open, whose options Configure fills in), Attach (with the
-// replica open: admits this node or joins), Detach (before the replica is destroyed), destroy.
+// replica open: admits this node or joins, then starts membership), Leave (optional), Detach
+// (before the replica is destroyed), destroy.
 // Thread-safety: every public method is safe from any thread.
 #ifndef CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
 #define CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
@@ -29,6 +37,7 @@
 #include <string>
 
 #include "node/base/status.h"
+#include "node/membership/membership.h"
 #include "node/state/replica.h"
 
 namespace constellation {
@@ -42,7 +51,17 @@ struct ClusterNodeOptions {
   std::string join;      // host:port of a member to join through; empty: bootstrap
   std::string token;     // the join token that member issued
   int64_t join_timeout_ms = 60000;  // for the join reply and then for catching up
+  // SWIM's timing (name, addr and seed are filled in by Start); see ParseSwimFlag.
+  membership::Options swim;
+  int64_t leave_timeout_ms = 1000;  // Leave waits at most this long for `left` to spread
 };
+
+// Applies one `--swim NAME=VALUE` setting to `o`: probe_interval_ms, probe_timeout_ms,
+// indirect_checks, suspicion_mult, suspicion_max_mult, gossip_interval_ms, gossip_fanout,
+// push_pull_interval_ms, reconnect_interval_ms or leave_timeout_ms (numbers; the *_mult ones may
+// be fractional). InvalidArgument naming the problem for an unknown name or a value out of range
+// (the combination is checked again by Start, with membership::Options::Validate).
+Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o);
 
 // Statistics for constellation/status.
 struct ClusterCounters {
@@ -79,6 +98,15 @@ class ClusterNode {
   // voter is replaced by a caught-up learner at the leader's next tick; a dead node is not
   // promoted.
   void SetNodeDead(const std::string& node, bool dead);
+
+  // This node's SWIM view of `node`: "alive", "suspect", "dead" or "left"; "" while SWIM has not
+  // heard of it (before membership starts, or a member not yet reached).
+  std::string NodeState(const std::string& node) const;
+  // Members this node sees alive, itself included (0 before membership starts).
+  size_t NodesAlive() const;
+  // Announces a graceful leave and returns once it is disseminated, or after leave_timeout_ms.
+  // No-op before Attach has started membership, or if already left.
+  void Leave();
 
   struct Impl;
 

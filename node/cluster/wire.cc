@@ -49,6 +49,10 @@ std::string EncodeRaftWire(const raft::Message& m) {
   return Header(WireKind::kRaft) + raft::EncodeMessage(m);
 }
 
+std::string EncodeMembershipWire(const membership::Message& m) {
+  return Header(WireKind::kMembership) + membership::EncodeMessage(m);
+}
+
 std::string EncodeJoinRequest(const JoinRequest& r) {
   Writer w;
   w.out() = Header(WireKind::kJoinRequest);
@@ -87,6 +91,11 @@ Result<WireMessage> DecodeWire(std::string_view in) {
     case static_cast<uint8_t>(WireKind::kRaft): {
       out.kind = WireKind::kRaft;
       CN_ASSIGN_OR_RETURN(out.raft, raft::DecodeMessage(in.substr(2)));
+      return out;
+    }
+    case static_cast<uint8_t>(WireKind::kMembership): {
+      out.kind = WireKind::kMembership;
+      CN_ASSIGN_OR_RETURN(out.membership, membership::DecodeMessage(in.substr(2)));
       return out;
     }
     case static_cast<uint8_t>(WireKind::kJoinRequest): {

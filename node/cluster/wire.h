@@ -2,7 +2,8 @@
 //   U8 version (kWireVersion) | U8 kind | body
 // kRaft: a raft message (node/raft's own versioned encoding). kJoinRequest: Bytes name | Bytes addr
 // | Bytes key (a node asking to be admitted, sent under the join key). kJoinReply: U8 ok | Bytes
-// error | Bytes cluster id | Varint n | n x (Bytes name | Bytes key | Bytes addr).
+// error | Bytes cluster id | Varint n | n x (Bytes name | Bytes key | Bytes addr). kMembership: a
+// SWIM message (node/membership's own versioned encoding).
 // Decoders never trust a length: every field has a bound, trailing bytes are refused, and another
 // version is NotSupported. Also the join token: "cn1." + hex(server public key) + hex(join
 // secret key), 132 characters a shell needs no quotes for.
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "node/base/status.h"
+#include "node/membership/membership.h"
 #include "node/raft/raft.h"
 #include "node/state/state_machine.h"
 
@@ -25,7 +27,7 @@ inline constexpr uint8_t kWireVersion = 1;
 inline constexpr size_t kMaxJoinMembers = 4096;
 inline constexpr size_t kMaxJoinErrorBytes = 4096;
 
-enum class WireKind : uint8_t { kRaft = 1, kJoinRequest = 2, kJoinReply = 3 };
+enum class WireKind : uint8_t { kRaft = 1, kJoinRequest = 2, kJoinReply = 3, kMembership = 4 };
 
 struct JoinRequest {
   std::string name;
@@ -47,11 +49,13 @@ struct WireMessage {
   raft::Message raft;
   JoinRequest join_request;
   JoinReply join_reply;
+  membership::Message membership;
 };
 
 std::string EncodeRaftWire(const raft::Message& m);
 std::string EncodeJoinRequest(const JoinRequest& r);
 std::string EncodeJoinReply(const JoinReply& r);
+std::string EncodeMembershipWire(const membership::Message& m);
 // Corruption for malformed input, NotSupported for another version.
 Result<WireMessage> DecodeWire(std::string_view in);
 

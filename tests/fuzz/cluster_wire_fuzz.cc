@@ -27,11 +27,14 @@ void Check(std::string_view in) {
     case WireKind::kJoinReply:
       again = EncodeJoinReply(w->join_reply);
       break;
+    case WireKind::kMembership:
+      again = EncodeMembershipWire(w->membership);
+      break;
   }
   Result<WireMessage> w2 = DecodeWire(again);
   CN_CHECK(w2.ok()) << "re-encoded wire message does not decode: " << w2.status().ToString();
   CN_CHECK(w2->kind == w->kind && w2->raft == w->raft && w2->join_request == w->join_request &&
-           w2->join_reply == w->join_reply)
+           w2->join_reply == w->join_reply && w2->membership == w->membership)
       << "decode/encode is not a round trip";
 }
 
@@ -40,7 +43,7 @@ void Check(std::string_view in) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);
   Check(in);
-  for (char kind : {'\x01', '\x02', '\x03'}) {
+  for (char kind : {'\x01', '\x02', '\x03', '\x04'}) {
     std::string framed;
     framed.push_back(static_cast<char>(kWireVersion));
     framed.push_back(kind);

@@ -32,6 +32,20 @@ TEST_CASE("wire: every kind round-trips") {
   w = DecodeWire(EncodeJoinReply(rep));
   REQUIRE(w.ok());
   CHECK(w->join_reply == rep);
+
+  membership::Message sm;
+  sm.type = membership::MessageType::kPing;
+  sm.from = "n1";
+  sm.from_addr = "10.0.0.1:7400";
+  sm.to = "n2";
+  sm.seq = 9;
+  sm.updates.push_back(membership::Update{membership::State::kSuspect, "n3", "", 2, "n1"});
+  w = DecodeWire(EncodeMembershipWire(sm));
+  REQUIRE(w.ok());
+  CHECK(w->kind == WireKind::kMembership);
+  CHECK(w->membership == sm);
+  std::string enc = EncodeMembershipWire(sm);
+  for (size_t n = 0; n < enc.size(); ++n) CHECK_FALSE(DecodeWire(enc.substr(0, n)).ok());
 }
 
 TEST_CASE("wire: malformed, truncated, trailing and other versions are refused") {
