@@ -435,8 +435,15 @@ Result<struct stat> ClusterFs::GetAttr(uint64_t ino) {
 
 Result<struct stat> ClusterFs::Lookup(uint64_t parent, std::string_view name) {
   if (name.size() > kMaxFsNameBytes) return Status(Code::kNameTooLong, "name too long");
-  CN_ASSIGN_OR_RETURN(uint64_t ino, FsLookup(options_.kv, parent, name));
-  return GetAttr(ino);
+  Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
+  if (ino.status().code() == Code::kNotFound) {
+    // Made on another node and committed, but maybe not applied here yet: a miss waits for this
+    // node to apply what the leader had committed (free on a cluster's only voter).
+    CN_RETURN_IF_ERROR(options_.replica->ReadBarrier());
+    ino = FsLookup(options_.kv, parent, name);
+  }
+  CN_RETURN_IF_ERROR(ino.status());
+  return GetAttr(*ino);
 }
 
 Status ClusterFs::LoadBase(File* f, uint64_t ino) {

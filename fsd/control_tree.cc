@@ -296,8 +296,17 @@ Result<Attr> ControlTree::AttrFor(const Node& node, uint64_t ino) {
 
 Result<Attr> ControlTree::Lookup(uint64_t parent, std::string_view name) {
   CN_ASSIGN_OR_RETURN(Node p, Resolve(parent));
-  CN_ASSIGN_OR_RETURN(Node child, Child(p, name));
-  return AttrFor(child, InoFor(child, /*count_lookup=*/true));
+  Result<Node> child = Child(p, name);
+  if (child.status().code() == Code::kNotFound &&
+      (p.kind == Kind::kInstancesDir || p.kind == Kind::kNodesDir)) {
+    // A name another node made may be committed but not yet applied here: a miss waits until this
+    // node has applied what the leader had committed (free on a cluster's only voter), so a
+    // lookup after another node's mkdir returned finds it, as reads of the files do.
+    CN_RETURN_IF_ERROR(options_.replica->ReadBarrier());
+    child = Child(p, name);
+  }
+  CN_RETURN_IF_ERROR(child.status());
+  return AttrFor(*child, InoFor(*child, /*count_lookup=*/true));
 }
 
 Result<Attr> ControlTree::GetAttr(uint64_t ino) {
