@@ -84,7 +84,8 @@ runtime::Runtime* InstanceAgent::runtime() const {
 }
 
 bool InstanceAgent::Ours(const InstanceRecord& record) const {
-  // Until the scheduler places instances, an unplaced one runs where it was made: here.
+  // New records name the node they were made on (the state machine places them there). An empty
+  // node is a record made before that: it can only be from a one-node data dir, so it is ours.
   return record.node.empty() || record.node == options_.node_name;
 }
 

@@ -334,7 +334,9 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       r.uid = c.uid;
       r.gid = c.gid;
       r.created_ms = c.time_ms;
-
+      // Until a scheduler places instances, a new one runs on the node where it was made: every
+      // replica records the same node, so exactly one node's agent runs it.
+      r.node = c.node;
       PutInstance(r, batch);
       staged_.changes.push_back({r.name, ""});
       events->push_back(t + "instance_created " + r.name + " uid=" + std::to_string(c.uid));
