@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,7 +16,6 @@
 #include <cstring>
 #include <iostream>
 #include <span>
-#include <zmq.h>
 
 namespace constellation::ctl {
 namespace {
@@ -754,9 +754,10 @@ const Verb kVerbs[] = {
      .usage = "keygen [FILE]",
      .help = "make a node key pair (for constellationd --key FILE)",
      .handler = CmdKeygen,
-     .details = "Writes \"public <key>\\nsecret <key>\\n\" (CURVE, Z85) to FILE, created with mode\n"
-                "0600 (an existing FILE is never overwritten), and prints the public key; without\n"
-                "FILE prints both lines. A node without --key makes DATA/node.key itself.",
+     .details =
+         "Writes \"public <key>\\nsecret <key>\\n\" (CURVE, Z85) to FILE, created with mode\n"
+         "0600 (an existing FILE is never overwritten), and prints the public key; without\n"
+         "FILE prints both lines. A node without --key makes DATA/node.key itself.",
      .needs_mount = false},
     {.name = "status",
      .min_args = 0,

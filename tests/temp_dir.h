@@ -1,6 +1,6 @@
-// A fresh directory under the system temp dir for one test, removed with everything in it at scope
-// exit. Shared by the test binaries (include as "tests/temp_dir.h"; needs Catch2).
-// Thread-safety: a value owned by one test.
+// A fresh directory under the system temp dir (or under `root`) for one test, removed with
+// everything in it at scope exit. Shared by the test binaries (include as "tests/temp_dir.h"; needs
+// Catch2). Thread-safety: a value owned by one test.
 #ifndef CONSTELLATION_TESTS_TEMP_DIR_H_
 #define CONSTELLATION_TESTS_TEMP_DIR_H_
 
@@ -16,8 +16,10 @@ namespace constellation {
 
 class TempDir {
  public:
-  explicit TempDir(const std::string& prefix = "cn_test") {
-    std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "_XXXXXX")).string();
+  explicit TempDir(const std::string& prefix = "cn_test", const std::string& root = "") {
+    std::filesystem::path base =
+        root.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(root);
+    std::string tmpl = (base / (prefix + "_XXXXXX")).string();
     REQUIRE(mkdtemp(tmpl.data()) != nullptr);
     path_ = tmpl;
   }

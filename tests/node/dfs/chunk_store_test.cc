@@ -23,28 +23,12 @@
 
 #include "catch2/catch.hpp"
 #include "node/env/env_fake.h"
+#include "tests/temp_dir.h"
 
 namespace constellation {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "cn_chunks_XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string RandomBytes(std::mt19937_64* rng, size_t n) {
   std::string s(n, '\0');
@@ -82,7 +66,7 @@ std::unique_ptr<ChunkStore> OpenOrDie(const std::string& dir, ChunkStoreOptions 
 }
 
 TEST_CASE("chunk store: put, read, sync, delete") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::string dir = tmp.path() + "/store";
   auto store = OpenOrDie(dir);
   std::mt19937_64 rng(1);
@@ -149,9 +133,8 @@ TEST_CASE("chunk store: aligned puts (O_DIRECT) read back exactly, also on tmpfs
   std::mt19937_64 rng(7);
   for (const std::string& root : roots) {
     INFO(root);
-    std::string tmpl = root + "/cn_chunks_direct_XXXXXX";
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    std::string dir = tmpl + "/store";
+    TempDir tmp("cn_chunks_direct", root);
+    std::string dir = tmp.path() + "/store";
     std::vector<std::pair<ChunkId, std::string>> put;
     {
       auto store = OpenOrDie(dir);
@@ -176,13 +159,11 @@ TEST_CASE("chunk store: aligned puts (O_DIRECT) read back exactly, also on tmpfs
       CHECK(store->Verify(id).ok());
     }
     store.reset();
-    std::error_code ec;
-    fs::remove_all(tmpl, ec);
   }
 }
 
 TEST_CASE("chunk store: a second Put of the same bytes stores nothing new") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   auto store = OpenOrDie(tmp.path());
   Result<ChunkId> a = store->Put("hello chunk");
   Result<ChunkId> b = store->Put("hello chunk");
@@ -198,7 +179,7 @@ TEST_CASE("chunk store: a second Put of the same bytes stores nothing new") {
 }
 
 TEST_CASE("chunk store: a chunk read piecewise is hashed once; no cache re-hashes every read") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::mt19937_64 rng(2);
   std::string data = RandomBytes(&rng, kMaxChunkBytes);
   for (uint64_t cache : {uint64_t{64} << 20, uint64_t{0}}) {
@@ -237,7 +218,7 @@ TEST_CASE("chunk store: a chunk read piecewise is hashed once; no cache re-hashe
 }
 
 TEST_CASE("chunk store: the cache stays within its byte bound") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   ChunkStoreOptions options;
   options.max_cache_bytes = 3 * 100'000;
   auto store = OpenOrDie(tmp.path(), options);
@@ -256,7 +237,7 @@ TEST_CASE("chunk store: the cache stays within its byte bound") {
 }
 
 TEST_CASE("chunk store: concurrent puts and reads from several threads") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   ChunkStoreOptions options;
   options.max_cache_bytes = 8 << 20;  // small: forces evictions and reloads
   auto store = OpenOrDie(tmp.path(), options);
@@ -311,7 +292,7 @@ TEST_CASE("chunk store: concurrent puts and reads from several threads") {
 // Puts, reads, deletes and collections of the same few chunks race; reads must give the right
 // bytes or NotFound, and the counters must match what is on disk afterwards.
 TEST_CASE("chunk store: racing put, read, delete and collect keep bytes and counters right") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   FakeClock clock;
   ChunkStoreOptions options;
   options.clock = &clock;
@@ -381,7 +362,7 @@ void FlipByte(const std::string& path, size_t offset) {
 }
 
 TEST_CASE("chunk store: a corrupted chunk reads as Corruption, is counted and quarantined") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::string dir = tmp.path();
   auto store = OpenOrDie(dir);
   std::mt19937_64 rng(4);
@@ -418,7 +399,7 @@ TEST_CASE("chunk store: a corrupted chunk reads as Corruption, is counted and qu
 }
 
 TEST_CASE("chunk store: Put over a bad stored copy replaces it") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::string dir = tmp.path();
   std::mt19937_64 rng(5);
   std::string data = RandomBytes(&rng, 70'000);
@@ -437,7 +418,7 @@ TEST_CASE("chunk store: Put over a bad stored copy replaces it") {
 }
 
 TEST_CASE("chunk store: Verify re-hashes the stored file and repairs it from the cache") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::string dir = tmp.path();
   auto store = OpenOrDie(dir);
   std::mt19937_64 rng(6);
@@ -454,7 +435,7 @@ TEST_CASE("chunk store: Verify re-hashes the stored file and repairs it from the
 }
 
 TEST_CASE("chunk store: Collect removes unreferenced chunks only after the grace period") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   FakeClock clock;
   ChunkStoreOptions options;
   options.clock = &clock;
@@ -500,7 +481,7 @@ TEST_CASE("chunk store: Collect removes unreferenced chunks only after the grace
 }
 
 TEST_CASE("chunk store: reopening keeps chunks; a second opener is refused") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::mt19937_64 rng(7);
   std::vector<std::string> datas;
   std::vector<ChunkId> ids;
@@ -525,7 +506,7 @@ TEST_CASE("chunk store: reopening keeps chunks; a second opener is refused") {
 }
 
 TEST_CASE("chunk store: Open removes temp files of crashed Puts and skips foreign files") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   ChunkId id;
   {
     auto store = OpenOrDie(tmp.path());
@@ -547,7 +528,7 @@ TEST_CASE("chunk store: Open removes temp files of crashed Puts and skips foreig
 // A child process Puts and Syncs chunks and reports each acknowledged id through a pipe; the parent
 // kills it with SIGKILL at an arbitrary point and checks every acknowledged chunk survived.
 TEST_CASE("chunk store: kill -9 loses no acknowledged chunk") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   std::string dir = tmp.path() + "/store";
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
@@ -596,7 +577,7 @@ TEST_CASE("chunk store: kill -9 loses no acknowledged chunk") {
 }
 
 TEST_CASE("chunk store: min_free_bytes refuses Puts with NoSpace") {
-  TempDir tmp;
+  TempDir tmp("cn_chunks");
   ChunkStoreOptions options;
   options.min_free_bytes = uint64_t{1} << 62;
   auto store = OpenOrDie(tmp.path(), options);
