@@ -362,7 +362,9 @@ Result<FsResult> ClusterFs::Propose(FsOp op, const Caller& c) {
   cmd.pid = c.pid;
   cmd.value = EncodeFsOp(op);
   std::string result;
-  CN_RETURN_IF_ERROR(options_.replica->Propose(std::move(cmd), &result));
+  // Durable at fsync/close (Flush, SyncMetadata), as POSIX and ext4 have it: on a one-node
+  // cluster the answer does not wait for the disk sync (node/state/replica.h, Durability).
+  CN_RETURN_IF_ERROR(options_.replica->Propose(std::move(cmd), &result, Durability::kDeferred));
   return DecodeFsResult(result);
 }
 
@@ -1015,10 +1017,14 @@ Status ClusterFs::FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t
 
 Status ClusterFs::Flush(uint64_t ino, const Caller& c) {
   std::shared_ptr<File> f = GetFile(ino, false);
-  if (!f) return Status::Ok();
-  std::unique_lock<std::mutex> l(f->mu);
-  return FlushLocked(f.get(), l, ino, c);
+  if (f) {
+    std::unique_lock<std::mutex> l(f->mu);
+    CN_RETURN_IF_ERROR(FlushLocked(f.get(), l, ino, c));
+  }
+  return SyncMetadata();
 }
+
+Status ClusterFs::SyncMetadata() { return options_.replica->SyncBarrier(); }
 
 Status ClusterFs::Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length,
                             const Caller& c) {

@@ -1,15 +1,19 @@
 // ClusterFs: the file system under cluster/ (DESIGN.md §4), served by the FUSE front.
 //
 // Metadata operations become FsOps proposed through the node's log (node/dfs/meta.h) and return
-// once applied. File data is cut at 4 MiB boundaries into chunks named by their hash
-// (node/dfs/chunk_store.h). Writes collect in memory per inode, one buffer per 4 MiB window.
-// A window a writer fills to its end (a sequential writer moving on) is sealed: a background
-// thread stores its chunk and makes it durable while the writer goes on (write-behind). Flush
-// waits for the sealed windows, stores the remaining dirty ones, makes them durable in one group,
-// then commits one SetContent op with the new extent list and size. Flush runs on close(2) (FUSE
-// flush), fsync(2), truncation, and when an inode's buffers pass a bound, so close and fsync
-// return only when data and metadata are durable; a flush commits all of an inode's buffered
-// writes at once.
+// once applied. Like ext4's, they are durable against power loss once fsync(2) of the file or
+// directory, or close(2), returns (SyncMetadata): on a one-node cluster an operation is answered
+// when its log entry is written and a background sync follows within about one disk sync
+// (Durability::kDeferred); in a cluster, commits are synced on a quorum before the answer. A
+// crash of the daemon (kill -9) loses nothing answered either way. File data is cut at 4 MiB
+// boundaries into chunks named by their hash (node/dfs/chunk_store.h). Writes collect in memory per
+// inode, one buffer per 4 MiB window. A window a writer fills to its end (a sequential writer
+// moving on) is sealed: a background thread stores its chunk and makes it durable while the writer
+// goes on (write-behind). Flush waits for the sealed windows, stores the remaining dirty ones,
+// makes them durable in one group, then commits one SetContent op with the new extent list and
+// size. Flush runs on close(2) (FUSE flush), fsync(2), truncation, and when an inode's buffers pass
+// a bound, so close and fsync return only when data and metadata are durable; a flush commits all
+// of an inode's buffered writes at once.
 //
 // Policies: atime is never updated by reads (as `noatime`); utimensat sets it. POSIX (fcntl) and
 // BSD (flock) locks are state in the log (kLock ops), so they become cluster-wide with
@@ -88,7 +92,10 @@ class ClusterFs {
   Status Release(uint64_t ino, const Caller& c);
   Result<std::string> Read(uint64_t ino, uint64_t offset, size_t size);
   Status Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c);
+  // Then SyncMetadata: close(2) and fsync(2).
   Status Flush(uint64_t ino, const Caller& c);
+  // Returns once every operation answered before the call is durable (fsync of a directory).
+  Status SyncMetadata();
   Status Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length, const Caller& c);
 
   // Entries after directory offset `offset` (0 = start; "." and ".." first). fn gets each entry and

@@ -372,8 +372,10 @@ struct FuseFront::Impl {
                  [&] { return From(req)->cluster->Flock(ino, owner, op, c); });
   }
 
-  static void FsyncDir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-    fuse_reply_err(req, 0);  // metadata is durable when each operation returns
+  static void FsyncDir(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+    // Control-tree operations are durable when they return; cluster/ ones by this barrier.
+    if (IsCluster(req, ino)) return ReplyStatus(req, From(req)->cluster->SyncMetadata());
+    fuse_reply_err(req, 0);
   }
 
   static void ClusterReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {

@@ -72,6 +72,7 @@ class KvOverlay : public KvStore {
   explicit KvOverlay(KvStore* base) : base_(base) {}
   Status Get(std::string_view key, std::string* value) override;
   Status Write(const Batch& batch, bool sync) override;  // stages; `sync` is the base's business
+  Status Sync() override { return base_->Sync(); }
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override;
 

@@ -60,6 +60,10 @@ class KvStore {
   // NotFound when absent.
   virtual Status Get(std::string_view key, std::string* value) = 0;
   virtual Status Write(const Batch& batch, bool sync) = 0;
+  // Makes every Write that has returned durable, as a later sync write would, without writing
+  // anything. Safe to call from another thread while writes go on (it covers at least the writes
+  // that returned before the call).
+  virtual Status Sync() = 0;
   // Calls fn(key, value) for keys in [start, limit) in order until fn returns false. An empty
   // limit means "to the end". Sees a consistent snapshot.
   virtual Status Scan(std::string_view start, std::string_view limit,

@@ -30,6 +30,25 @@ Status FakeKvStore::Write(const Batch& batch, bool sync) {
   return Status::Ok();
 }
 
+void FakeKvStore::HoldSyncs(bool hold) {
+  {
+    std::lock_guard<std::mutex> l(hold_mu_);
+    hold_syncs_ = hold;
+  }
+  hold_cv_.notify_all();
+}
+
+Status FakeKvStore::Sync() {
+  {
+    std::unique_lock<std::mutex> h(hold_mu_);
+    hold_cv_.wait(h, [&] { return !hold_syncs_; });
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  durable_ = live_;
+  ++sync_count_;
+  return Status::Ok();
+}
+
 Status FakeKvStore::Scan(std::string_view start, std::string_view limit,
                          const std::function<bool(std::string_view, std::string_view)>& fn) {
   std::map<std::string, std::string, std::less<>> copy;
@@ -61,6 +80,7 @@ class SharedKvStore : public KvStore {
   explicit SharedKvStore(KvStore* kv) : kv_(kv) {}
   Status Get(std::string_view k, std::string* v) override { return kv_->Get(k, v); }
   Status Write(const Batch& b, bool sync) override { return kv_->Write(b, sync); }
+  Status Sync() override { return kv_->Sync(); }
   Status Scan(std::string_view s, std::string_view l,
               const std::function<bool(std::string_view, std::string_view)>& fn) override {
     return kv_->Scan(s, l, fn);

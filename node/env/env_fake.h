@@ -8,6 +8,7 @@
 #define CONSTELLATION_NODE_ENV_ENV_FAKE_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,6 +46,7 @@ class FakeKvStore : public KvStore {
  public:
   Status Get(std::string_view key, std::string* value) override;
   Status Write(const Batch& batch, bool sync) override;
+  Status Sync() override;
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override;
 
@@ -55,6 +57,9 @@ class FakeKvStore : public KvStore {
   void Crash();
   // The next `count` writes fail with `status` and change nothing.
   void FailNextWrites(int count, Status status);
+  // While held, Sync() waits (a slow disk), so a test can act between a write and its sync.
+  // Sync writes are not held.
+  void HoldSyncs(bool hold);
   int sync_count() const { return sync_count_; }
 
  private:
@@ -64,6 +69,9 @@ class FakeKvStore : public KvStore {
   int fail_count_ = 0;
   Status fail_status_;
   std::atomic<int> sync_count_{0};
+  std::mutex hold_mu_;
+  std::condition_variable hold_cv_;
+  bool hold_syncs_ = false;
 };
 
 }  // namespace constellation

@@ -72,9 +72,10 @@ Status FromLevelDb(const leveldb::Status& s, const std::string& what) {
 
 class LevelDbStore : public KvStore {
  public:
-  LevelDbStore(leveldb::DB* db, std::unique_ptr<const leveldb::FilterPolicy> filter,
+  LevelDbStore(std::string dir, leveldb::DB* db,
+               std::unique_ptr<const leveldb::FilterPolicy> filter,
                std::unique_ptr<leveldb::Cache> cache)
-      : filter_(std::move(filter)), cache_(std::move(cache)), db_(db) {}
+      : dir_(std::move(dir)), filter_(std::move(filter)), cache_(std::move(cache)), db_(db) {}
   Status Get(std::string_view key, std::string* value) override {
     return FromLevelDb(
         db_->Get(leveldb::ReadOptions(), leveldb::Slice(key.data(), key.size()), value), "kv get");
@@ -92,6 +93,7 @@ class LevelDbStore : public KvStore {
     wo.sync = sync;
     return FromLevelDb(db_->Write(wo, &wb), "kv write");
   }
+  Status Sync() override { return SyncLevelDbLogs(dir_); }
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override {
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
@@ -106,6 +108,7 @@ class LevelDbStore : public KvStore {
   }
 
  private:
+  const std::string dir_;
   // Declared before db_: the DB uses them until it is closed.
   std::unique_ptr<const leveldb::FilterPolicy> filter_;
   std::unique_ptr<leveldb::Cache> cache_;
@@ -193,7 +196,7 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& dir) {
     }
     return FromLevelDb(s, "open " + dir);
   }
-  return std::unique_ptr<KvStore>(new LevelDbStore(db, std::move(filter), std::move(cache)));
+  return std::unique_ptr<KvStore>(new LevelDbStore(dir, db, std::move(filter), std::move(cache)));
 }
 
 Result<uint64_t> FreeBytes(const std::string& dir) {

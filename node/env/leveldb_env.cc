@@ -3,8 +3,11 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 #include "node/base/log.h"
 #include "node/env/leveldb_env_internal.h"
@@ -54,13 +57,41 @@ bool PwriteAll(int fd, const char* p, size_t n, uint64_t offset) {
   return true;
 }
 
+class PreallocatedLogFile;
+
+// The open log files, so that SyncLevelDbLogs can sync them from another thread.
+struct OpenLogs {
+  std::mutex mu;  // held across a sync, so a file is not closed under it
+  std::set<PreallocatedLogFile*> files;
+};
+
+OpenLogs& Registry() {
+  static OpenLogs* const logs = new OpenLogs();
+  return *logs;
+}
+
 // A log file written in place: bytes go to [0, offset_), and the space up to allocated_ has been
 // written with zeros beforehand, so a sync after an overwrite commits no size or extent change.
 // Not thread-safe (leveldb writes a log from one writer at a time).
 class PreallocatedLogFile : public leveldb::WritableFile {
  public:
-  PreallocatedLogFile(std::string name, int fd) : name_(std::move(name)), fd_(fd) {}
+  PreallocatedLogFile(std::string name, int fd) : name_(std::move(name)), fd_(fd) {
+    std::lock_guard<std::mutex> l(Registry().mu);
+    Registry().files.insert(this);
+  }
   ~PreallocatedLogFile() override { (void)Close(); }
+
+  const std::string& name() const { return name_; }
+
+  // For SyncLevelDbLogs, with Registry().mu held (so the file stays open).
+  leveldb::Status SyncWritten() {
+    if (!unsynced_.exchange(false)) return leveldb::Status::OK();
+    if (::fdatasync(fd_) != 0) {
+      unsynced_ = true;
+      return IoError(name_, errno);
+    }
+    return leveldb::Status::OK();
+  }
 
   leveldb::Status Append(const leveldb::Slice& data) override {
     buf_.append(data.data(), data.size());
@@ -71,6 +102,13 @@ class PreallocatedLogFile : public leveldb::WritableFile {
   leveldb::Status Close() override {
     if (fd_ < 0) return leveldb::Status::OK();
     leveldb::Status s = FlushBuffer();
+    // A log leveldb closes still holds the records of its immutable memtable until that is written
+    // to a table; what SyncLevelDbLogs reported durable must stay so.
+    if (s.ok() && unsynced_ && ::fdatasync(fd_) != 0) s = IoError(name_, errno);
+    {
+      std::lock_guard<std::mutex> l(Registry().mu);
+      Registry().files.erase(this);
+    }
     // The zeros past the end are no longer needed: a closed log is complete.
     if (s.ok() && ::ftruncate(fd_, static_cast<off_t>(offset_)) != 0) s = IoError(name_, errno);
     if (::close(fd_) != 0 && s.ok()) s = IoError(name_, errno);
@@ -83,7 +121,11 @@ class PreallocatedLogFile : public leveldb::WritableFile {
   leveldb::Status Sync() override {
     leveldb::Status s = FlushBuffer();
     if (!s.ok()) return s;
-    if (::fdatasync(fd_) != 0) return IoError(name_, errno);
+    unsynced_ = false;
+    if (::fdatasync(fd_) != 0) {
+      unsynced_ = true;
+      return IoError(name_, errno);
+    }
     return leveldb::Status::OK();
   }
 
@@ -104,6 +146,7 @@ class PreallocatedLogFile : public leveldb::WritableFile {
       allocated_ = target;
     }
     if (!PwriteAll(fd_, buf_.data(), buf_.size(), offset_)) return IoError(name_, errno);
+    unsynced_ = true;
     offset_ = end;
     buf_.clear();
     return leveldb::Status::OK();
@@ -112,8 +155,9 @@ class PreallocatedLogFile : public leveldb::WritableFile {
   const std::string name_;
   int fd_;
   std::string buf_;
-  uint64_t offset_ = 0;     // bytes of the log written
-  uint64_t allocated_ = 0;  // bytes of the file, zeros past offset_
+  uint64_t offset_ = 0;                // bytes of the log written
+  uint64_t allocated_ = 0;             // bytes of the file, zeros past offset_
+  std::atomic<bool> unsynced_{false};  // written since the last fdatasync began
 };
 
 class Env : public leveldb::EnvWrapper {
@@ -213,6 +257,20 @@ Result<LogTailRepair> RepairLogTail(const std::string& path) {
   }
   ::close(fd);
   return rep;
+}
+
+Status SyncLevelDbLogs(const std::string& dir) {
+  std::string prefix = dir + "/";
+  std::lock_guard<std::mutex> l(Registry().mu);
+  for (PreallocatedLogFile* f : Registry().files) {
+    if (f->name().compare(0, prefix.size(), prefix) != 0) continue;
+    leveldb::Status s = f->SyncWritten();
+    if (!s.ok()) {
+      std::string m = s.ToString();
+      return m.find("No space left") != std::string::npos ? Status::NoSpace(m) : Status::IoError(m);
+    }
+  }
+  return Status::Ok();
 }
 
 leveldb::Env* PreallocatingLogEnv() {

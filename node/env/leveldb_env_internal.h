@@ -32,6 +32,11 @@ leveldb::Env* PreallocatingLogEnv();
 
 constexpr uint64_t kLogExtendBytes = 1u << 20;
 
+// Makes every record written so far to the open logs of the store in `dir` durable (fdatasync),
+// from any thread, while leveldb goes on writing: KvStore::Sync of OpenLevelDb's store. Logs
+// leveldb has closed were synced as they closed.
+Status SyncLevelDbLogs(const std::string& dir);
+
 struct LogTailRepair {
   uint64_t size_before = 0;
   uint64_t size_after = 0;  // == size_before: nothing cut

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "node/base/coding.h"
 #include "node/base/log.h"
@@ -113,7 +114,11 @@ struct Replica::Impl {
   mutable std::mutex mu;  // guards the fields below
   std::condition_variable work_cv;
   std::condition_variable applied_cv;
-  std::deque<Command> pending;
+  struct Pending {
+    Command command;
+    bool deferred;
+  };
+  std::deque<Pending> pending;
   std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
   std::deque<raft::Message> inbound;
   size_t inbound_bytes = 0;
@@ -123,6 +128,15 @@ struct Replica::Impl {
   uint64_t next_request_id = 1;
   uint64_t next_read_id = 1;
   bool stopping = false;
+  // Deferred durability: the last log index written without a sync, the last known durable, and
+  // the syncer thread that closes the gap.
+  uint64_t written_index = 0;
+  uint64_t synced_index = 0;
+  uint64_t sync_failures = 0;
+  Status sync_error;
+  bool syncer_stopping = false;
+  std::condition_variable sync_cv;    // to the syncer: work
+  std::condition_variable synced_cv;  // from the syncer: progress
   bool compact_requested = false;
   // A mirror of raft's state for GetStatus.
   uint64_t term = 0;
@@ -138,6 +152,7 @@ struct Replica::Impl {
   struct Held {
     uint64_t id;
     std::string data;
+    bool deferred = false;
   };
   std::deque<Held> held;  // proposals waiting for a leader, in request-id order
   struct Inflight {
@@ -153,11 +168,13 @@ struct Replica::Impl {
     std::optional<uint64_t> index;
   };
   std::map<uint64_t, Read> reads;
-  std::vector<raft::Entry> unapplied;  // committed but not yet applied
+  std::unordered_set<uint64_t> deferred_indexes;  // log indexes of this leader's kDeferred entries
+  std::vector<raft::Entry> unapplied;             // committed but not yet applied
   int64_t apply_backoff_ms = 0;
   std::string last_leader;
   raft::HardState durable_hs;
   std::thread agent;
+  std::thread syncer;
 
   Impl(const ReplicaOptions& o)
       : options(o),
@@ -280,13 +297,19 @@ struct Replica::Impl {
         return;
       }
       Status refused;
+      uint64_t last_before = raft->last_index();
       size_t n = raft->ProposeBatch(data, &refused);
       std::string lead = raft->leader();
+      // A sole voter appends what it accepts at last_before + 1, ...: remember which may skip the
+      // sync (HandleReady decides per Ready).
+      bool local = raft->role() == raft::Role::kLeader && sole_voter_leader.load() &&
+                   raft->last_index() == last_before + n;
       std::deque<Held> rest;
       size_t k = 0;
       for (Held& h : held) {
         if (k < ids.size() && ids[k] == h.id) {
           if (k < n) {
+            if (local && h.deferred) deferred_indexes.insert(last_before + 1 + k);
             inflight[h.id] = Inflight{std::move(h.data), now, lead};
           } else {
             rest.push_back(std::move(h));
@@ -424,13 +447,22 @@ struct Replica::Impl {
       }
       rd.messages = std::move(later);
     }
+    // A Ready of nothing but this sole voter's kDeferred entries is written without a sync (the
+    // syncer follows at once); anything else — a vote, a snapshot, a synced command, a leader's
+    // no-op — is synced, and with it everything written before.
+    bool defer = !rd.entries.empty() && !rd.snapshot && !vote_changed && sole_voter_leader.load();
+    for (const raft::Entry& e : rd.entries) {
+      defer = defer && deferred_indexes.count(e.index) > 0;
+      deferred_indexes.erase(e.index);
+    }
+    if (raft->role() != raft::Role::kLeader) deferred_indexes.clear();
     if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
       if (rd.snapshot) s = storage->StageSnapshot(*rd.snapshot, &batch);
       storage->StageEntries(rd.entries, &batch);
       if (rd.hard_state) storage->StageHardState(*rd.hard_state, &batch);
-      if (s.ok()) s = kv->Write(batch, /*sync=*/true);
+      if (s.ok()) s = kv->Write(batch, /*sync=*/!defer);
       if (!s.ok()) {
         CN_LOG(Error) << "log write failed: " << s.ToString();
         storage->DropStaged();
@@ -448,6 +480,23 @@ struct Replica::Impl {
       }
       storage->Persisted();
       if (rd.hard_state) durable_hs = *rd.hard_state;
+      if (!rd.entries.empty()) {
+        bool wake_syncer = false;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          written_index = std::max(written_index, rd.entries.back().index);
+          if (defer) {
+            wake_syncer = true;
+          } else {
+            synced_index = std::max(synced_index, written_index);
+          }
+        }
+        if (wake_syncer) {
+          sync_cv.notify_one();
+        } else {
+          synced_cv.notify_all();
+        }
+      }
       if (rd.snapshot) {
         // The store now holds the snapshot's state: reload the state machine's view of it.
         unapplied.clear();
@@ -542,7 +591,7 @@ struct Replica::Impl {
   void Run() {
     int64_t last_tick = env->clock->MonotonicMs();
     for (;;) {
-      std::deque<Command> batch;
+      std::deque<Pending> batch;
       std::deque<raft::Message> msgs;
       std::deque<uint64_t> reads_new;
       bool stop;
@@ -573,11 +622,11 @@ struct Replica::Impl {
       }
       if (!batch.empty()) {
         Status room = CheckFreeSpace();
-        for (Command& c : batch) {
+        for (Pending& p : batch) {
           if (room.ok()) {
-            held.push_back(Held{c.request_id, EncodeCommand(c)});
+            held.push_back(Held{p.command.request_id, EncodeCommand(p.command), p.deferred});
           } else {
-            Finish(c.request_id, room);
+            Finish(p.command.request_id, room);
           }
         }
       }
@@ -587,6 +636,43 @@ struct Replica::Impl {
       for (size_t i = 0; i < kReadyRounds && raft->HasReady(); ++i) HandleReady();
       MaybeCompact();
       if (stop && !raft->HasReady() && unapplied.empty()) return;
+    }
+  }
+
+  // Makes kDeferred entries durable: syncs the store whenever something was written without a
+  // sync, back to back under load, so a deferred command is durable about one sync after its
+  // answer. Exits once the agent has stopped and nothing is left to sync.
+  void SyncLoop() {
+    int64_t backoff_ms = 0;
+    for (;;) {
+      uint64_t target;
+      {
+        std::unique_lock<std::mutex> l(mu);
+        sync_cv.wait(l, [&] { return syncer_stopping || written_index > synced_index; });
+        if (written_index <= synced_index) return;  // stopping, nothing left
+        target = written_index;
+      }
+      Status s = kv->Sync();
+      {
+        std::lock_guard<std::mutex> l(mu);
+        if (s.ok()) {
+          synced_index = std::max(synced_index, target);
+        } else {
+          ++sync_failures;
+          sync_error = s;
+        }
+      }
+      synced_cv.notify_all();
+      if (s.ok()) {
+        backoff_ms = 0;
+        continue;
+      }
+      backoff_ms = backoff_ms == 0 ? 10 : std::min<int64_t>(backoff_ms * 2, 1000);
+      CN_LOG(Error) << "syncing the log failed, retrying in " << backoff_ms
+                    << " ms: " << s.ToString();
+      std::unique_lock<std::mutex> l(mu);
+      if (syncer_stopping) return;
+      sync_cv.wait_for(l, std::chrono::milliseconds(backoff_ms), [&] { return syncer_stopping; });
     }
   }
 
@@ -649,6 +735,7 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   std::unique_ptr<Replica> replica(new Replica(std::move(impl)));
   Impl* p = replica->impl_.get();
   p->agent = std::thread([p] { p->Run(); });
+  p->syncer = std::thread([p] { p->SyncLoop(); });
   if (!p->WaitApplied(wait_for, options.propose_timeout_ms)) {
     return Status::Unavailable("could not apply the log up to " + std::to_string(wait_for) +
                                " within " + std::to_string(options.propose_timeout_ms) + " ms");
@@ -676,13 +763,19 @@ Replica::~Replica() {
   }
   impl_->work_cv.notify_all();
   if (impl_->agent.joinable()) impl_->agent.join();
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    impl_->syncer_stopping = true;
+  }
+  impl_->sync_cv.notify_all();
+  if (impl_->syncer.joinable()) impl_->syncer.join();
   std::lock_guard<std::mutex> l(impl_->mu);
   for (auto* map : {&impl_->waiters, &impl_->read_waiters}) {
     for (auto& [id, w] : *map) Wake(w, Status::Unavailable("daemon is shutting down"));
   }
 }
 
-Status Replica::Propose(Command command, std::string* result) {
+Status Replica::Propose(Command command, std::string* result, Durability durability) {
   Impl& m = *impl_;
   auto waiter = std::make_shared<Waiter>();
   command.time_ms = m.env->clock->NowUnixMs();
@@ -697,7 +790,7 @@ Status Replica::Propose(Command command, std::string* result) {
     }
     id = command.request_id = m.next_request_id++;
     m.waiters[id] = waiter;
-    m.pending.push_back(std::move(command));
+    m.pending.push_back(Impl::Pending{std::move(command), durability == Durability::kDeferred});
   }
   m.work_cv.notify_one();
   std::unique_lock<std::mutex> l(waiter->mu);
@@ -718,6 +811,24 @@ Status Replica::Propose(Command command, std::string* result) {
   }
   if (result != nullptr) *result = std::move(waiter->result);
   return waiter->verdict;
+}
+
+Status Replica::SyncBarrier() {
+  Impl& m = *impl_;
+  std::unique_lock<std::mutex> l(m.mu);
+  uint64_t target = m.written_index;
+  uint64_t failures = m.sync_failures;
+  if (m.synced_index >= target) return Status::Ok();
+  m.sync_cv.notify_one();
+  bool done = m.synced_cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms), [&] {
+    return m.synced_index >= target || m.sync_failures != failures;
+  });
+  if (m.synced_index >= target) return Status::Ok();
+  if (!done) {
+    return Status::Unavailable("the log was not synced within " +
+                               std::to_string(m.options.propose_timeout_ms) + " ms");
+  }
+  return m.sync_error;
 }
 
 Status Replica::ReadBarrier(int64_t timeout_ms) {

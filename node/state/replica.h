@@ -32,6 +32,19 @@
 
 namespace constellation {
 
+// How durable a command must be before Propose returns.
+enum class Durability {
+  // Committed: durable (synced) on a quorum of voters.
+  kSynced,
+  // On a node that is its cluster's only voter: answered once written to the log, where it
+  // survives a crash of the daemon (kill -9) but not yet a power loss; a background sync, started
+  // at once, makes it durable within about one disk sync, and SyncBarrier waits for that. On any
+  // other node the same as kSynced. For file-system operations, whose durability POSIX ties to
+  // fsync and close (as ext4's journal does): the log stays a prefix, so a power loss can only
+  // lose the last few such operations, together and in order.
+  kDeferred,
+};
+
 struct ReplicaOptions {
   std::string data_dir;   // the key-value store lives in data_dir/state
   std::string node_name;  // this node
@@ -100,7 +113,12 @@ class Replica {
   // the wait times out, NoSpace/IoError when the log could not be written.
   // `result`, when given, receives what the command produced for its proposer (file-system
   // commands: an encoded FsResult).
-  Status Propose(Command command, std::string* result = nullptr);
+  Status Propose(Command command, std::string* result = nullptr,
+                 Durability durability = Durability::kSynced);
+  // Returns once every command answered before the call is durable on this node (kDeferred ones
+  // included). Immediate when none is waiting for its sync. IoError/NoSpace when the sync fails,
+  // Unavailable after propose_timeout_ms.
+  Status SyncBarrier();
 
   const StateMachine& state() const;
   // The store, for reads of committed state (file-system metadata). Thread-safe.

@@ -282,3 +282,65 @@ TEST_CASE("file-system commands go through the same log and return their result"
 }
 
 }  // namespace constellation
+
+namespace constellation {
+namespace {
+
+int CpuPercent(Replica* r) {
+  std::optional<InstanceRecord> rec = r->state().GetInstance("web");
+  REQUIRE(rec);
+  return rec->cpu_percent;
+}
+
+}  // namespace
+
+TEST_CASE("a deferred command is answered once written, before its sync") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  REQUIRE(r->Propose(Set("web", "cpu_percent", "10")).ok());
+  f.kv.HoldSyncs(true);  // the disk is slow: the syncer cannot finish
+  REQUIRE(r->Propose(Set("web", "cpu_percent", "7"), nullptr, Durability::kDeferred).ok());
+  CHECK(CpuPercent(r.get()) == 7);
+  // Power loss before the sync: the deferred command goes, and only it.
+  f.kv.Crash();
+  f.kv.HoldSyncs(false);
+  r.reset();
+  r = f.Open();
+  CHECK(CpuPercent(r.get()) == 10);
+}
+
+TEST_CASE("SyncBarrier makes deferred commands durable") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  for (int i = 1; i <= 20; ++i) {
+    REQUIRE(r->Propose(Set("web", "cpu_percent", std::to_string(i)), nullptr, Durability::kDeferred)
+                .ok());
+  }
+  REQUIRE(r->SyncBarrier().ok());
+  f.kv.HoldSyncs(true);  // nothing may sync after the barrier: the barrier alone must suffice
+  f.kv.Crash();
+  f.kv.HoldSyncs(false);
+  r.reset();
+  r = f.Open();
+  CHECK(CpuPercent(r.get()) == 20);
+  CHECK(r->SyncBarrier().ok());  // nothing waiting: immediate
+}
+
+TEST_CASE("a synced command makes the deferred ones before it durable") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  f.kv.HoldSyncs(true);
+  REQUIRE(r->Propose(Set("web", "cpu_percent", "7"), nullptr, Durability::kDeferred).ok());
+  REQUIRE(r->Propose(Set("web", "ram_mb", "99")).ok());  // synced: the log is one sequence
+  f.kv.Crash();
+  f.kv.HoldSyncs(false);
+  r.reset();
+  r = f.Open();
+  CHECK(CpuPercent(r.get()) == 7);
+  CHECK(r->state().GetInstance("web")->ram_mb == 99);
+}
+
+}  // namespace constellation
