@@ -17,6 +17,10 @@ namespace constellation {
 namespace {
 
 constexpr size_t kReadyRounds = 8;  // Readys handled per wake-up before new work is taken in
+// How long the syncer lets kDeferred writes gather before it syncs them, unless a SyncBarrier
+// waits: one fdatasync then covers a burst of metadata operations (fewer syncs, less CPU and disk
+// time) and a power loss still loses at most the last couple of milliseconds of them.
+constexpr int64_t kSyncGatherMs = 2;
 
 struct Waiter {
   std::mutex mu;
@@ -133,6 +137,7 @@ struct Replica::Impl {
   uint64_t written_index = 0;
   uint64_t synced_index = 0;
   uint64_t sync_failures = 0;
+  int sync_barriers = 0;  // SyncBarrier calls waiting
   Status sync_error;
   bool syncer_stopping = false;
   std::condition_variable sync_cv;    // to the syncer: work
@@ -650,6 +655,8 @@ struct Replica::Impl {
         std::unique_lock<std::mutex> l(mu);
         sync_cv.wait(l, [&] { return syncer_stopping || written_index > synced_index; });
         if (written_index <= synced_index) return;  // stopping, nothing left
+        sync_cv.wait_for(l, std::chrono::milliseconds(kSyncGatherMs),
+                         [&] { return syncer_stopping || sync_barriers > 0; });
         target = written_index;
       }
       Status s = kv->Sync();
@@ -819,10 +826,12 @@ Status Replica::SyncBarrier() {
   uint64_t target = m.written_index;
   uint64_t failures = m.sync_failures;
   if (m.synced_index >= target) return Status::Ok();
+  ++m.sync_barriers;
   m.sync_cv.notify_one();
   bool done = m.synced_cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms), [&] {
     return m.synced_index >= target || m.sync_failures != failures;
   });
+  --m.sync_barriers;
   if (m.synced_index >= target) return Status::Ok();
   if (!done) {
     return Status::Unavailable("the log was not synced within " +
