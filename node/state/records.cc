@@ -236,7 +236,12 @@ Status SetInstanceField(InstanceRecord* r, std::string_view field, std::string_v
     }
     r->restart = std::string(value);
   } else if (field == "node") {
-    if (!value.empty()) CN_RETURN_IF_ERROR(ValidateName(value, "node: name"));
+    // An instance without a node would be every node's in a cluster (InstanceAgent::Ours keeps
+    // that reading only for records made before instances were placed).
+    if (value.empty()) {
+      return Status::InvalidArgument("node: empty; name the node to run it on (see nodes/)");
+    }
+    CN_RETURN_IF_ERROR(ValidateName(value, "node: name"));
     r->node = std::string(value);
   } else if (field == "placement") {
     return ParsePlacement(value, &r->placement);
@@ -281,6 +286,7 @@ Status ApplyInstanceSpec(InstanceRecord* record, std::string_view spec) {
     std::string key = line.substr(0, eq);
     std::string value = line.substr(eq + 1);
     if (key == "desired") continue;  // shown by reads for completeness; set through ctl
+    if (key == "node" && value == next.node) continue;  // a spec read back (even an old, empty one)
     if (!IsInstanceConfigField(key)) {
       return Status::InvalidArgument("spec: unknown key " + Quote(key) +
                                      " (keys: cmd env cpu_percent ram_mb disk_mb pids_max network "

@@ -23,13 +23,26 @@ TEST_CASE("field validation refuses bad values and changes nothing") {
     const char* field;
     const char* value;
   };
-  for (Bad b :
-       {Bad{"ram_mb", "abc"}, Bad{"ram_mb", "3"}, Bad{"ram_mb", "-1"}, Bad{"ram_mb", "4194305"},
-        Bad{"ram_mb", "12 "}, Bad{"ram_mb", ""}, Bad{"cpu_percent", "100001"},
-        Bad{"cpu_percent", "1.5"}, Bad{"disk_mb", "x"}, Bad{"restart", "sometimes"},
-        Bad{"node", "bad name"}, Bad{"namespace", ""}, Bad{"env", "NOEQUALS"}, Bad{"env", "1X=2"},
-        Bad{"placement", "strategy=best"}, Bad{"placement", "constraint=nokv"},
-        Bad{"secrets", "a b"}, Bad{"cmd", "two\nlines"}, Bad{"state", "running"}}) {
+  for (Bad b : {Bad{"ram_mb", "abc"},
+                Bad{"ram_mb", "3"},
+                Bad{"ram_mb", "-1"},
+                Bad{"ram_mb", "4194305"},
+                Bad{"ram_mb", "12 "},
+                Bad{"ram_mb", ""},
+                Bad{"cpu_percent", "100001"},
+                Bad{"cpu_percent", "1.5"},
+                Bad{"disk_mb", "x"},
+                Bad{"restart", "sometimes"},
+                Bad{"node", "bad name"},
+                Bad{"node", ""},
+                Bad{"namespace", ""},
+                Bad{"env", "NOEQUALS"},
+                Bad{"env", "1X=2"},
+                Bad{"placement", "strategy=best"},
+                Bad{"placement", "constraint=nokv"},
+                Bad{"secrets", "a b"},
+                Bad{"cmd", "two\nlines"},
+                Bad{"state", "running"}}) {
     INFO(b.field << "=" << b.value);
     Status s = SetInstanceField(&r, b.field, b.value);
     CHECK(s.code() == Code::kInvalidArgument);
