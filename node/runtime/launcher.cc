@@ -17,6 +17,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "node/runtime/sysfile.h"
 
@@ -527,6 +528,49 @@ ExitInfo CollectExit(int pidfd) {
     }
   }
   return out;
+}
+
+Status RebindInto(int pidfd, const std::vector<BindMount>& binds) {
+  // Detached copies of the sources, made here: the target namespace may not see them.
+  std::vector<int> trees;
+  struct Closer {
+    std::vector<int>* fds;
+    ~Closer() {
+      for (int fd : *fds) close(fd);
+    }
+  } closer{&trees};
+  for (const BindMount& b : binds) {
+    long fd = syscall(SYS_open_tree, AT_FDCWD, b.source.c_str(),
+                      OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (fd < 0) return Status::FromErrno(errno, "rebind: open_tree " + b.source);
+    trees.push_back(static_cast<int>(fd));
+  }
+  Status result;
+  std::thread helper([&] {
+    if (unshare(CLONE_FS) != 0) {
+      result = Status::FromErrno(errno, "rebind: unshare(CLONE_FS)");
+      return;
+    }
+    if (setns(pidfd, CLONE_NEWNS) != 0) {
+      result = Status::FromErrno(errno, "rebind: setns");
+      return;
+    }
+    for (size_t i = 0; i < binds.size(); ++i) {
+      const std::string& target = binds[i].target;
+      // The stale mount goes first (EINVAL: nothing was mounted there; fine).
+      if (umount2(target.c_str(), MNT_DETACH) != 0 && errno != EINVAL) {
+        result = Status::FromErrno(errno, "rebind: unmount " + target);
+        return;
+      }
+      if (syscall(SYS_move_mount, trees[i], "", AT_FDCWD, target.c_str(),
+                  MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+        result = Status::FromErrno(errno, "rebind: mount " + binds[i].source + " on " + target);
+        return;
+      }
+    }
+  });
+  helper.join();
+  return result;
 }
 
 Result<int> OpenPidfd(pid_t pid) {

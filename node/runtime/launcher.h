@@ -130,6 +130,14 @@ struct ExitInfo {
 // older kernels, the result is exited but not known.
 ExitInfo CollectExit(int pidfd);
 
+// Replaces, in the mount namespace of the process behind `pidfd`, whatever is mounted on each
+// bind's target with a fresh bind of its source (taken in the caller's namespace). For instances
+// adopted by a new daemon: their binds of the dead daemon's FUSE mounts answer ENOTCONN, the new
+// mounts' are live. Runs in a short-lived thread of its own (setns of a mount namespace needs a
+// thread that shares no file system context), so the caller's namespace is never changed.
+// Binds are replaced in order; the first failure stops and is returned (the ones before stay).
+Status RebindInto(int pidfd, const std::vector<BindMount>& binds);
+
 Result<int> OpenPidfd(pid_t pid);
 Status SignalPidfd(int pidfd, int sig);
 // Field 22 of /proc/<pid>/stat (start time in clock ticks since boot). NotFound when gone.

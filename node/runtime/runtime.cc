@@ -825,6 +825,12 @@ void Runtime::Adopt(const std::string& name) {
       raw->last_sample_ms = Now();
       int64_t age = std::max<int64_t>(0, options_.clock->NowUnixMs() - started_unix);
       CN_LOG(Info) << "runtime: adopted " << name << " pid " << pid;
+      // Its binds still lead to the mounts of the daemon that started it (ENOTCONN once that
+      // one died): give it this daemon's.
+      if (std::vector<BindMount> binds = ResolveBinds(); !binds.empty()) {
+        Status rb = RebindInto(fd, binds);
+        if (!rb.ok()) CN_LOG(Warning) << "runtime: " << name << ": " << rb.ToString();
+      }
       Step(raw, ev::Adopted{raw->pid, Now() - age, spec->desired});
       return;
     }
