@@ -92,6 +92,7 @@ bool InstanceAgent::Ours(const InstanceRecord& record) const {
 void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
   std::lock_guard<std::mutex> l(mu_);
   if (!started_ || stopping_) return;
+  size_t queued = 0;
   for (const InstanceChange& c : changes) {
     if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
       // Beyond the table's bound: forget the queue and sync everything from the records.
@@ -112,9 +113,16 @@ void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
     if (!e.queued) {
       e.queued = true;
       queue_.push_back(c.name);
+      ++queued;
     }
   }
-  cv_.notify_all();
+  // One worker per newly queued instance (all of them for a resync, or many changes): waking
+  // every worker for one start cost more than the start's own hand-offs.
+  if (resync_ || queued >= static_cast<size_t>(options_.workers)) {
+    cv_.notify_all();
+  } else {
+    for (size_t i = 0; i < std::max<size_t>(queued, 1); ++i) cv_.notify_one();
+  }
 }
 
 Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, EventHub* events) {
@@ -349,6 +357,7 @@ void InstanceAgent::Loop() {
         l.lock();
         busy_.erase(name);
         auto it = entries_.find(name);
+        bool again = it != entries_.end() && it->second.queued;
         if (it != entries_.end()) {
           it->second.handled_seq = std::max(it->second.handled_seq, seq);
           it->second.last = s;
@@ -360,7 +369,7 @@ void InstanceAgent::Loop() {
           if (!it->second.queued && !waited && !state_->GetInstance(name)) entries_.erase(it);
         }
         // Its next change (queued meanwhile), or a resync waiting for the workers to be idle.
-        cv_.notify_all();
+        if (resync_ || again) cv_.notify_all();
       }
     }
     ExpireWaiters(&out);

@@ -391,6 +391,7 @@ void Runtime::Loop() {
       if (it != by_id_.end()) OnPidfd(it->second);  // a removed instance's event is stale
     }
     OnTimer();
+    SampleAll(&lock);
     FinalizeRemovals();
     RearmTimer();
     UnlockAndDeliver(&lock);
@@ -431,16 +432,46 @@ void Runtime::OnTimer() {
     }
     if (inst->exit_pending && now >= inst->exit_probe_next_ms) OnPidfd(inst);
   }
-  if (now >= next_sample_ms_) {
-    for (Instance* inst : due) {
-      if (inst->pidfd >= 0) Sample(inst, now);
-      TrimLog(inst);
-    }
-    for (auto it = stray_cgroups_.begin(); it != stray_cgroups_.end();) {
-      it->KillAll().ok();
-      it = it->Remove().ok() ? stray_cgroups_.erase(it) : it + 1;
-    }
-    next_sample_ms_ = now + options_.sample_interval_ms;
+}
+
+void Runtime::SampleAll(std::unique_lock<std::mutex>* lock) {
+  int64_t now = Now();
+  if (now < next_sample_ms_) return;
+  next_sample_ms_ = now + options_.sample_interval_ms;
+  // The readings (a file per instance) are taken without the lock: with many instances they
+  // took milliseconds, and a start waiting for the lock meanwhile was the latency's tail.
+  struct Probe {
+    uint64_t id;
+    Cgroup cgroup;
+    std::string log;
+    bool running;
+    Result<uint64_t> cpu_ns = uint64_t{0};
+    uint64_t log_bytes = 0;
+  };
+  std::vector<Probe> probes;
+  probes.reserve(instances_.size());
+  for (auto& [n, inst] : instances_) {
+    probes.push_back({inst->id, inst->cgroup, inst->dir + "/log", inst->pidfd >= 0});
+  }
+  lock->unlock();
+  for (Probe& p : probes) {
+    if (p.running) p.cpu_ns = p.cgroup.CpuUsageNs();
+    struct stat st;
+    if (stat(p.log.c_str(), &st) == 0) p.log_bytes = static_cast<uint64_t>(st.st_size);
+  }
+  lock->lock();
+  for (Probe& p : probes) {
+    auto it = by_id_.find(p.id);
+    if (it == by_id_.end()) continue;
+    Instance* inst = it->second;
+    // A run that began after the reading has its own baseline already.
+    if (p.running && p.cpu_ns.ok() && inst->pidfd >= 0 && inst->last_sample_ms < now)
+      Sample(inst, *p.cpu_ns, now);
+    if (p.log_bytes > options_.max_log_bytes) TrimLog(inst);
+  }
+  for (auto it = stray_cgroups_.begin(); it != stray_cgroups_.end();) {
+    it->KillAll().ok();
+    it = it->Remove().ok() ? stray_cgroups_.erase(it) : it + 1;
   }
 }
 
@@ -683,15 +714,13 @@ void Runtime::FinishExit(Instance* inst, bool known, int code, int sig) {
   changed_.notify_all();
 }
 
-void Runtime::Sample(Instance* inst, int64_t now) {
-  auto cpu = inst->cgroup.CpuUsageNs();
-  if (!cpu.ok()) return;
+void Runtime::Sample(Instance* inst, uint64_t cpu_ns, int64_t now) {
   int64_t dt = now - inst->last_sample_ms;
-  if (dt > 0 && *cpu >= inst->last_cpu_ns) {
+  if (dt > 0 && cpu_ns >= inst->last_cpu_ns) {
     inst->cpu_percent =
-        static_cast<double>(*cpu - inst->last_cpu_ns) / 1e6 / static_cast<double>(dt) * 100.0;
+        static_cast<double>(cpu_ns - inst->last_cpu_ns) / 1e6 / static_cast<double>(dt) * 100.0;
   }
-  inst->last_cpu_ns = *cpu;
+  inst->last_cpu_ns = cpu_ns;
   inst->last_sample_ms = now;
   Refresh(inst);
 }

@@ -215,7 +215,10 @@ class Runtime {
   void OnPidfd(Instance* inst);
   void FinishExit(Instance* inst, bool known, int code, int sig);
   void OnTimer();
-  void Sample(Instance* inst, int64_t now_ms);
+  // Every sample_interval_ms: cpu_percent and the log bounds of every instance. Releases the lock
+  // while it reads.
+  void SampleAll(std::unique_lock<std::mutex>* lock);
+  void Sample(Instance* inst, uint64_t cpu_ns, int64_t now_ms);
   void TrimLog(Instance* inst);
   void RearmTimer();
   void Adopt(const std::string& name);
