@@ -1,15 +1,16 @@
 // Starts an instance's process straight from the daemon: no shim, no per-instance helper process.
 //
-// Launch() calls clone(CLONE_VM | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
-// [| CLONE_NEWNET] | CLONE_PIDFD). The child is PID 1 of its new PID namespace and execs the
+// Launch() calls clone3(CLONE_VM | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
+// [| CLONE_NEWNET] | CLONE_PIDFD [| CLONE_INTO_CGROUP on v2]) (x86-64; elsewhere libc's clone(),
+// without CLONE_INTO_CGROUP). The child is PID 1 of its new PID namespace and execs the
 // command itself, so the instance costs no process besides its own. CLONE_VM: until it execs, the
 // child runs on a small stack of its own inside the daemon's memory, so no page tables are copied
 // and the daemon takes no copy-on-write faults afterwards; it only makes system calls with what
 // the parent prepared, starts with every signal blocked (no handler of the daemon's can run in
 // it), and the parent ignores errno, which the two share, while the child sets up.
 //
-// The child waits on a pipe until the parent has put it in its cgroup (the parent writes the pid
-// to cgroup.procs, of each hierarchy on v1) and run `on_created` (the runtime
+// The child waits on a pipe until the parent has put it in its cgroup (v1: the parent writes the
+// pid to cgroup.procs of each hierarchy; v2: it was born there) and run `on_created` (the runtime
 // records the pid there, so that a daemon crash at any point leaves either a recorded process or
 // one that exits without running anything: the child sees EOF instead of the release byte and
 // exits). Then it sets up, in this order: a new session; every mount made a slave of the host's
@@ -35,7 +36,8 @@
 // the daemon cannot steal its status, and SIGCHLD set to SIG_IGN cannot auto-reap it. Exits are
 // noticed by polling the pidfd, and CollectExit reaps (waitid P_PIDFD, __WALL): no zombies.
 //
-// Requires Linux >= 5.4 (CLONE_PIDFD, pidfd_open, waitid P_PIDFD).
+// Requires Linux >= 5.4 (clone3, pidfd_open, waitid P_PIDFD); CLONE_INTO_CGROUP needs 5.7 and is
+// used on v2 only.
 // Thread-safety: Launch may be called from several threads at once. The daemon must not share its
 // file descriptors' CLOEXEC-less state assumptions: the child marks every fd >= 3 close-on-exec.
 #ifndef CONSTELLATION_NODE_RUNTIME_LAUNCHER_H_
