@@ -59,6 +59,7 @@ enum Stage : int32_t {
   kChdir,
   kScript,
   kExec,
+  kCgroup,
 };
 
 struct ChildError {
@@ -74,6 +75,7 @@ struct ChildPlan {
   int err_fd = -1;
   int null_fd = -1;
   int log_fd = -1;
+  std::vector<int> tasks_fds;  // v1: <group>/tasks of each hierarchy, joined by the child itself
   const char* hostname = nullptr;
   size_t hostname_len = 0;
   bool net = false;
@@ -106,6 +108,14 @@ constexpr size_t kGuardBytes = 4096;
 }
 
 [[noreturn]] CN_CHILD_CODE void ChildMain(const ChildPlan& p) {
+  // v1: "0" in `tasks` moves the writing thread itself, which the kernel does without the global
+  // threadgroup lock; the parent writing our pid to cgroup.procs waited for an RCU grace period
+  // (milliseconds: the start latency's tail). This process has one thread, so the thread is all
+  // of it. Done first, while the parent records us: before the release, so before anything of
+  // the command's can run.
+  for (size_t i = 0; i < p.tasks_fds.size(); ++i) {
+    if (write(p.tasks_fds[i], "0", 1) != 1) ChildFail(p, kCgroup, errno, static_cast<int32_t>(i));
+  }
   // Every signal is blocked until the dispositions are reset below: a handler of the daemon's
   // must never run in this process, which shares the daemon's memory. So this read is never
   // interrupted either.
@@ -247,10 +257,12 @@ struct Fds {
   int null_fd = -1;
   int log_fd = -1;
   int cg_fd = -1;
+  std::vector<int> tasks;
   ~Fds() {
     for (int fd : {sync[0], sync[1], err[0], err[1], null_fd, log_fd, cg_fd}) {
       if (fd >= 0) close(fd);
     }
+    for (int fd : tasks) close(fd);
   }
 };
 
@@ -300,6 +312,10 @@ Status ChildStatus(const ChildError& e, const LaunchSpec& spec) {
         return "exec: " + spec.command.script;
       case kExec:
         return "exec: " + spec.command.argv[0];
+      case kCgroup:
+        if (e.index >= 0 && static_cast<size_t>(e.index) < spec.cgroup->dirs().size())
+          return "start: cgroup: join " + spec.cgroup->dirs()[e.index];
+        return "start: cgroup: join";
       default:
         return "start: unknown step";
     }
@@ -459,6 +475,14 @@ Result<Child> Launch(const LaunchSpec& spec) {
     flags |= CLONE_INTO_CGROUP;
   }
 #endif
+  if (spec.cgroup->version() == CgroupVersion::kV1) {
+    for (const std::string& d : spec.cgroup->dirs()) {
+      int fd = AboveStdio(open((d + "/tasks").c_str(), O_WRONLY | O_CLOEXEC));
+      if (fd < 0) return Status::FromErrno(errno, "start: cgroup: open " + d + "/tasks");
+      fds.tasks.push_back(fd);
+    }
+    plan.tasks_fds = fds.tasks;
+  }
   // Every signal is blocked across the clone so that the child starts with none deliverable.
   sigset_t all, old;
   sigfillset(&all);
@@ -507,7 +531,7 @@ Result<Child> Launch(const LaunchSpec& spec) {
   auto ticks = ProcessStartTicks(child.pid);
   if (!ticks.ok()) return abandon(Status::Internal("start: " + ticks.status().message()));
   child.start_ticks = *ticks;
-  if (!into_cgroup) {
+  if (!into_cgroup && plan.tasks_fds.empty()) {
     Status s = spec.cgroup->AddProcess(child.pid);
     if (!s.ok()) return abandon(Status(s.code(), "start: cgroup: " + s.message()));
   }

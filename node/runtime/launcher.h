@@ -9,8 +9,9 @@
 // the parent prepared, starts with every signal blocked (no handler of the daemon's can run in
 // it), and the parent ignores errno, which the two share, while the child sets up.
 //
-// The child waits on a pipe until the parent has put it in its cgroup (v1: the parent writes the
-// pid to cgroup.procs of each hierarchy; v2: it was born there) and run `on_created` (the runtime
+// The child joins its cgroup first (v2: it was born there; v1: it writes "0" to `tasks` of each
+// hierarchy, which moves a thread without the global lock a cgroup.procs write takes), then waits
+// on a pipe until the parent has run `on_created` (the runtime
 // records the pid there, so that a daemon crash at any point leaves either a recorded process or
 // one that exits without running anything: the child sees EOF instead of the release byte and
 // exits). Then it sets up, in this order: a new session; every mount made a slave of the host's
@@ -107,7 +108,8 @@ struct LaunchSpec {
   int64_t tmp_size_mb = 0;  // size= of the /tmp tmpfs; 0: the kernel's default
   std::vector<BindMount> binds;
   const Cgroup* cgroup = nullptr;  // required: the process is in it before it runs anything
-  // Runs after the child exists and sits in its cgroup, before it is released to exec. A non-OK
+  // Runs after the child exists, before it is released to exec (on v1 it may still be joining its
+  // cgroup, which it does before it waits for the release). A non-OK
   // status kills and reaps the child and becomes Launch's result.
   std::function<Status(const Child&)> on_created;
   int64_t exec_timeout_ms = 10000;  // from release to exec; the child is killed after
