@@ -640,7 +640,8 @@ void Runtime::LaunchQueued(std::unique_lock<std::mutex>* lock) {
     any = true;
     if (shut_down_) {
       // Asked for while the runtime shuts down (a recreated instance): nothing new starts now;
-      // the next daemon starts it per its desired state and policy.
+      // the next daemon starts it, as one stopped by a shutdown.
+      inst->stopped_by_shutdown = inst->spec.desired == Desired::kRunning;
       Step(inst, ev::StartFailed{"start: the daemon is shutting down", true});
       continue;
     }
