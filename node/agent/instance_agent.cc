@@ -92,6 +92,7 @@ bool InstanceAgent::Ours(const InstanceRecord& record) const {
 void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
   std::lock_guard<std::mutex> l(mu_);
   if (!started_ || stopping_) return;
+  size_t queued = 0;
   for (const InstanceChange& c : changes) {
     if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
       // Beyond the table's bound: forget the queue and sync everything from the records.
@@ -112,9 +113,16 @@ void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
     if (!e.queued) {
       e.queued = true;
       queue_.push_back(c.name);
+      ++queued;
     }
   }
-  cv_.notify_one();
+  // One worker per newly queued instance (all of them for a resync, or many changes): waking
+  // every worker for one start cost more than the start's own hand-offs.
+  if (resync_ || queued >= static_cast<size_t>(options_.workers)) {
+    cv_.notify_all();
+  } else {
+    for (size_t i = 0; i < std::max<size_t>(queued, 1); ++i) cv_.notify_one();
+  }
 }
 
 Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, EventHub* events) {
@@ -127,7 +135,8 @@ Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, Eve
   }
   rt->SetListener([this](const runtime::Transition& t) { OnTransition(t); });
   Status s = SyncAll();
-  worker_ = std::thread([this] { Loop(); });
+  int n = std::clamp(options_.workers, 1, 64);
+  for (int i = 0; i < n; ++i) workers_.emplace_back([this] { Loop(); });
   return s;
 }
 
@@ -266,14 +275,52 @@ void InstanceAgent::OnTransition(const runtime::Transition& t) {
   for (auto& [fn, s] : out) fn(s);
 }
 
+std::string InstanceAgent::TakeRunnable() {
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (busy_.count(*it)) continue;  // its worker takes the new change next, in order
+    std::string name = std::move(*it);
+    queue_.erase(it);
+    return name;
+  }
+  return "";
+}
+
+void InstanceAgent::ExpireWaiters(Completions* out) {
+  int64_t now = SteadyMs();
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (it->deadline_ms <= now) {
+      std::string what = "the change is not applied to the process yet";
+      if (it->handled) {
+        Result<runtime::InstanceStatus> st = runtime_->Get(it->name, /*usage=*/false);
+        what = "the instance is still " + (st.ok() ? st->state : std::string("changing"));
+      }
+      out->emplace_back(
+          std::move(it->done),
+          Status::Unavailable(what + " after " + std::to_string(options_.settle_timeout_ms / 1000) +
+                              " s; its state file tells how it goes on"));
+      it = waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void InstanceAgent::Loop() {
   std::unique_lock<std::mutex> l(mu_);
+  auto runnable = [&] {
+    for (const std::string& n : queue_) {
+      if (!busy_.count(n)) return true;
+    }
+    return false;
+  };
+  // A resync runs alone: it waits for the handlings in progress, and none starts meanwhile.
+  auto can_sync = [&] { return resync_ && !syncing_ && busy_.empty(); };
   while (!stopping_) {
     int64_t next = 0;
     for (const Waiter& w : waiters_) {
       if (next == 0 || w.deadline_ms < next) next = w.deadline_ms;
     }
-    auto ready = [&] { return stopping_ || resync_ || !queue_.empty(); };
+    auto ready = [&] { return stopping_ || can_sync() || (!resync_ && runnable()); };
     if (next == 0) {
       cv_.wait(l, ready);
     } else {
@@ -281,10 +328,12 @@ void InstanceAgent::Loop() {
     }
     if (stopping_) break;
     Completions out;
-    if (resync_) {
+    if (can_sync()) {
+      syncing_ = true;
       l.unlock();
       Status s = SyncAll();
       l.lock();
+      syncing_ = false;
       resync_ = false;
       // What was queued before the sync is in it; what is queued still gets handled in turn.
       for (auto& [n, e] : entries_) {
@@ -293,46 +342,37 @@ void InstanceAgent::Loop() {
         e.last = s;
       }
       CheckWaiters("", &out);
-    } else if (!queue_.empty()) {
-      std::string name = queue_.front();
-      queue_.pop_front();
-      Entry& e = entries_[name];
-      std::vector<std::string> verbs;
-      verbs.swap(e.verbs);
-      uint64_t seq = e.changed_seq;
-      e.queued = false;
-      l.unlock();
-      Status s = Handle(name, verbs);
-      l.lock();
-      auto it = entries_.find(name);
-      if (it != entries_.end()) {
-        it->second.handled_seq = std::max(it->second.handled_seq, seq);
-        it->second.last = s;
-        CheckWaiters(name, &out);
-        bool waited = false;
-        for (const Waiter& w : waiters_) waited = waited || w.name == name;
-        // A removed instance's entry goes once nothing refers to it; a live one stays so that
-        // a writer that comes after the handling still finds its verdict.
-        if (!it->second.queued && !waited && !state_->GetInstance(name)) entries_.erase(it);
-      }
-    }
-    int64_t now = SteadyMs();
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (it->deadline_ms <= now) {
-        std::string what = "the change is not applied to the process yet";
-        if (it->handled) {
-          Result<runtime::InstanceStatus> st = runtime_->Get(it->name, /*usage=*/false);
-          what = "the instance is still " + (st.ok() ? st->state : std::string("changing"));
+      cv_.notify_all();
+    } else if (!resync_ && !syncing_) {
+      std::string name = TakeRunnable();
+      if (!name.empty()) {
+        Entry& e = entries_[name];
+        std::vector<std::string> verbs;
+        verbs.swap(e.verbs);
+        uint64_t seq = e.changed_seq;
+        e.queued = false;
+        busy_.insert(name);
+        l.unlock();
+        Status s = Handle(name, verbs);
+        l.lock();
+        busy_.erase(name);
+        auto it = entries_.find(name);
+        bool again = it != entries_.end() && it->second.queued;
+        if (it != entries_.end()) {
+          it->second.handled_seq = std::max(it->second.handled_seq, seq);
+          it->second.last = s;
+          CheckWaiters(name, &out);
+          bool waited = false;
+          for (const Waiter& w : waiters_) waited = waited || w.name == name;
+          // A removed instance's entry goes once nothing refers to it; a live one stays so that
+          // a writer that comes after the handling still finds its verdict.
+          if (!it->second.queued && !waited && !state_->GetInstance(name)) entries_.erase(it);
         }
-        out.emplace_back(std::move(it->done),
-                         Status::Unavailable(what + " after " +
-                                             std::to_string(options_.settle_timeout_ms / 1000) +
-                                             " s; its state file tells how it goes on"));
-        it = waiters_.erase(it);
-      } else {
-        ++it;
+        // Its next change (queued meanwhile), or a resync waiting for the workers to be idle.
+        if (resync_ || again) cv_.notify_all();
       }
     }
+    ExpireWaiters(&out);
     if (!out.empty()) {
       l.unlock();
       for (auto& [fn, s] : out) fn(s);
@@ -353,7 +393,9 @@ void InstanceAgent::Shutdown() {
     waiters_.clear();
   }
   cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
+  for (std::thread& w : workers_) {
+    if (w.joinable()) w.join();
+  }
   for (auto& [fn, s] : out) fn(s);
 }
 

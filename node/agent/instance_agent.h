@@ -4,7 +4,9 @@
 //
 // Inputs are the committed changes of instance records (OnChanges, wired to
 // ReplicaOptions::on_instance_changes). They are coalesced per instance in a bounded table and
-// handled, oldest first, by one worker thread: it reads the committed record and
+// handled, oldest first, by a few worker threads (one instance is handled by one worker at a time,
+// so its changes stay in order; different instances start in parallel, the runtime launching
+// without its lock held): a worker reads the committed record and
 //   * record gone, or placed on another node  -> Runtime::Remove;
 //   * otherwise                               -> Runtime::Apply(SpecFromRecord) (limits live, the
 //                                                desired state level-triggered), then every ctl
@@ -36,6 +38,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,6 +70,9 @@ struct InstanceAgentOptions {
   // Longest a ctl write waits for its instance to settle; then it returns EAGAIN (the state file
   // tells where the instance is). The daemon sets it to the stop grace period plus 10 s.
   int64_t settle_timeout_ms = 20000;
+  // Worker threads (1..64). A worker spends most of a start waiting for the new process to exec,
+  // so a few keep both the CPUs and the runtime busy when many instances start at once.
+  int workers = 4;
 };
 
 class InstanceAgent {
@@ -83,7 +89,7 @@ class InstanceAgent {
   void OnChanges(const std::vector<InstanceChange>& changes);
 
   // Attaches the runtime (whose listener it becomes), syncs it with every record of this node and
-  // starts the worker. `state`, `runtime` and `events` must outlive the agent's Shutdown.
+  // starts the workers. `state`, `runtime` and `events` must outlive the agent's Shutdown.
   Status Start(const StateMachine* state, runtime::Runtime* runtime, EventHub* events);
 
   // See the header comment. Before Start (or after Shutdown) `done` runs at once with OK.
@@ -95,7 +101,7 @@ class InstanceAgent {
   // Whether `record` runs on this node.
   bool Ours(const InstanceRecord& record) const;
 
-  // Stops the worker and answers every waiter (Unavailable: the daemon is stopping). Later
+  // Stops the workers and answers every waiter (Unavailable: the daemon is stopping). Later
   // transitions are still published as events. Idempotent.
   void Shutdown();
 
@@ -118,6 +124,10 @@ class InstanceAgent {
   using Completions = std::vector<std::pair<Done, Status>>;
 
   void Loop();
+  // mu_ held: the oldest queued instance no worker is handling, removed from the queue; "" if none.
+  std::string TakeRunnable();
+  // mu_ held: answers the waiters whose deadline has passed (into `out`).
+  void ExpireWaiters(Completions* out);
   Status Handle(const std::string& name, const std::vector<std::string>& verbs);
   Status SyncAll();
   void OnTransition(const runtime::Transition& t);
@@ -140,8 +150,11 @@ class InstanceAgent {
   uint64_t next_seq_ = 1;
   std::map<std::string, Entry> entries_;
   std::deque<std::string> queue_;
+  std::set<std::string> busy_;  // being handled by a worker (kept apart from entries_, which
+                                // an overflow clears)
+  bool syncing_ = false;        // a worker runs SyncAll (alone)
   std::list<Waiter> waiters_;
-  std::thread worker_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace constellation

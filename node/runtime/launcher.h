@@ -1,11 +1,17 @@
 // Starts an instance's process straight from the daemon: no shim, no per-instance helper process.
 //
-// Launch() calls clone3(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC [| CLONE_NEWNET]
-// | CLONE_PIDFD [| CLONE_INTO_CGROUP on v2]). The child is PID 1 of its new PID namespace and
-// execs the command itself, so the instance costs no process besides its own.
+// Launch() calls clone3(CLONE_VM | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
+// [| CLONE_NEWNET] | CLONE_PIDFD [| CLONE_INTO_CGROUP on v2]) (x86-64; elsewhere libc's clone(),
+// without CLONE_INTO_CGROUP). The child is PID 1 of its new PID namespace and execs the
+// command itself, so the instance costs no process besides its own. CLONE_VM: until it execs, the
+// child runs on a small stack of its own inside the daemon's memory, so no page tables are copied
+// and the daemon takes no copy-on-write faults afterwards; it only makes system calls with what
+// the parent prepared, starts with every signal blocked (no handler of the daemon's can run in
+// it), and the parent ignores errno, which the two share, while the child sets up.
 //
-// The child waits on a pipe until the parent has put it in its cgroup (v1: the parent writes the
-// pid to cgroup.procs of each hierarchy; v2: it was born there) and run `on_created` (the runtime
+// The child joins its cgroup first (v2: it was born there; v1: it writes "0" to `tasks` of each
+// hierarchy, which moves a thread without the global lock a cgroup.procs write takes), then waits
+// on a pipe until the parent has run `on_created` (the runtime
 // records the pid there, so that a daemon crash at any point leaves either a recorded process or
 // one that exits without running anything: the child sees EOF instead of the release byte and
 // exits). Then it sets up, in this order: a new session; every mount made a slave of the host's
@@ -31,7 +37,8 @@
 // the daemon cannot steal its status, and SIGCHLD set to SIG_IGN cannot auto-reap it. Exits are
 // noticed by polling the pidfd, and CollectExit reaps (waitid P_PIDFD, __WALL): no zombies.
 //
-// Requires Linux >= 5.3 (clone3, pidfd); CLONE_INTO_CGROUP needs 5.7 and is used on v2 only.
+// Requires Linux >= 5.4 (clone3, pidfd_open, waitid P_PIDFD); CLONE_INTO_CGROUP needs 5.7 and is
+// used on v2 only.
 // Thread-safety: Launch may be called from several threads at once. The daemon must not share its
 // file descriptors' CLOEXEC-less state assumptions: the child marks every fd >= 3 close-on-exec.
 #ifndef CONSTELLATION_NODE_RUNTIME_LAUNCHER_H_
@@ -101,7 +108,8 @@ struct LaunchSpec {
   int64_t tmp_size_mb = 0;  // size= of the /tmp tmpfs; 0: the kernel's default
   std::vector<BindMount> binds;
   const Cgroup* cgroup = nullptr;  // required: the process is in it before it runs anything
-  // Runs after the child exists and sits in its cgroup, before it is released to exec. A non-OK
+  // Runs after the child exists, before it is released to exec (on v1 it may still be joining its
+  // cgroup, which it does before it waits for the release). A non-OK
   // status kills and reaps the child and becomes Launch's result.
   std::function<Status(const Child&)> on_created;
   int64_t exec_timeout_ms = 10000;  // from release to exec; the child is killed after
@@ -125,6 +133,14 @@ struct ExitInfo {
 // PIDFD_GET_INFO (Linux 6.15+), which the kernel keeps once init has reaped it; until then, or on
 // older kernels, the result is exited but not known.
 ExitInfo CollectExit(int pidfd);
+
+// Replaces, in the mount namespace of the process behind `pidfd`, whatever is mounted on each
+// bind's target with a fresh bind of its source (taken in the caller's namespace). For instances
+// adopted by a new daemon: their binds of the dead daemon's FUSE mounts answer ENOTCONN, the new
+// mounts' are live. Runs in a short-lived thread of its own (setns of a mount namespace needs a
+// thread that shares no file system context), so the caller's namespace is never changed.
+// Binds are replaced in order; the first failure stops and is returned (the ones before stay).
+Status RebindInto(int pidfd, const std::vector<BindMount>& binds);
 
 Result<int> OpenPidfd(pid_t pid);
 Status SignalPidfd(int pidfd, int sig);

@@ -44,6 +44,10 @@ struct Runtime::Instance {
   int64_t exit_probe_until_ms = 0;
   int64_t timer_at_ms = 0;  // the lifecycle's requested tick (0: none)
   bool removing = false;
+  // A spawn the core asked for waits in spawns_ (spawn_queued), then runs without the runtime's
+  // lock (launching); meanwhile the core is `starting` and takes other inputs as such.
+  bool spawn_queued = false;
+  bool launching = false;
   std::optional<InstanceSpec> recreate;  // mkdir of the same name while it was being removed
   bool stopped_by_shutdown = false;
   // cpu_percent sampling
@@ -59,7 +63,6 @@ constexpr uint64_t kTimerId = 0;
 constexpr uint64_t kWakeId = 1;  // instance ids start above
 constexpr int64_t kExitProbeIntervalMs = 50;
 constexpr int64_t kExitProbeWindowMs = 5000;
-constexpr int kMaxStepChain = 16;
 constexpr int64_t kShutdownExtraMs = 5000;
 constexpr size_t kMaxStrayCgroups = 4096;
 
@@ -293,6 +296,7 @@ Status Runtime::Init() {
   KillStrayCgroups();
   FinalizeRemovals();
   RearmTimer();
+  LaunchQueued(&lock);
   lock.unlock();
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();
@@ -341,7 +345,11 @@ void Runtime::Shutdown() {
       changed_.wait_for(lock, std::chrono::milliseconds(kShutdownExtraMs), [&] { return !busy(); });
     }
   }
-  FinalizeRemovals();  // removals whose process ended just now
+  FinalizeRemovals();   // removals whose process ended just now
+  LaunchQueued(&lock);  // fails what they asked for: nothing starts from now on
+  // A launch in flight on another thread finishes (bounded by its exec timeout) before the loop
+  // and the descriptors it uses go away.
+  changed_.wait(lock, [&] { return launching_ == 0 && spawns_.empty(); });
   stopping_ = true;
   uint64_t one = 1;
   ssize_t n = write(wake_fd_, &one, sizeof one);
@@ -383,6 +391,7 @@ void Runtime::Loop() {
       if (it != by_id_.end()) OnPidfd(it->second);  // a removed instance's event is stale
     }
     OnTimer();
+    SampleAll(&lock);
     FinalizeRemovals();
     RearmTimer();
     UnlockAndDeliver(&lock);
@@ -423,16 +432,46 @@ void Runtime::OnTimer() {
     }
     if (inst->exit_pending && now >= inst->exit_probe_next_ms) OnPidfd(inst);
   }
-  if (now >= next_sample_ms_) {
-    for (Instance* inst : due) {
-      if (inst->pidfd >= 0) Sample(inst, now);
-      TrimLog(inst);
-    }
-    for (auto it = stray_cgroups_.begin(); it != stray_cgroups_.end();) {
-      it->KillAll().ok();
-      it = it->Remove().ok() ? stray_cgroups_.erase(it) : it + 1;
-    }
-    next_sample_ms_ = now + options_.sample_interval_ms;
+}
+
+void Runtime::SampleAll(std::unique_lock<std::mutex>* lock) {
+  int64_t now = Now();
+  if (now < next_sample_ms_) return;
+  next_sample_ms_ = now + options_.sample_interval_ms;
+  // The readings (a file per instance) are taken without the lock: with many instances they
+  // took milliseconds, and a start waiting for the lock meanwhile was the latency's tail.
+  struct Probe {
+    uint64_t id;
+    Cgroup cgroup;
+    std::string log;
+    bool running;
+    Result<uint64_t> cpu_ns = uint64_t{0};
+    uint64_t log_bytes = 0;
+  };
+  std::vector<Probe> probes;
+  probes.reserve(instances_.size());
+  for (auto& [n, inst] : instances_) {
+    probes.push_back({inst->id, inst->cgroup, inst->dir + "/log", inst->pidfd >= 0});
+  }
+  lock->unlock();
+  for (Probe& p : probes) {
+    if (p.running) p.cpu_ns = p.cgroup.CpuUsageNs();
+    struct stat st;
+    if (stat(p.log.c_str(), &st) == 0) p.log_bytes = static_cast<uint64_t>(st.st_size);
+  }
+  lock->lock();
+  for (Probe& p : probes) {
+    auto it = by_id_.find(p.id);
+    if (it == by_id_.end()) continue;
+    Instance* inst = it->second;
+    // A run that began after the reading has its own baseline already.
+    if (p.running && p.cpu_ns.ok() && inst->pidfd >= 0 && inst->last_sample_ms < now)
+      Sample(inst, *p.cpu_ns, now);
+    if (p.log_bytes > options_.max_log_bytes) TrimLog(inst);
+  }
+  for (auto it = stray_cgroups_.begin(); it != stray_cgroups_.end();) {
+    it->KillAll().ok();
+    it = it->Remove().ok() ? stray_cgroups_.erase(it) : it + 1;
   }
 }
 
@@ -440,18 +479,17 @@ void Runtime::OnTimer() {
 // Stepping the core and performing its actions
 
 void Runtime::Step(Instance* inst, const Event& event) {
-  std::vector<Event> queue{event};
-  for (size_t i = 0; i < queue.size() && i < static_cast<size_t>(kMaxStepChain); ++i) {
-    Event e = queue[i];
-    for (const Action& a : inst->lc.Handle(Now(), e)) Perform(inst, a, &queue);
-  }
+  for (const Action& a : inst->lc.Handle(Now(), event)) Perform(inst, a);
   Refresh(inst);
 }
 
-void Runtime::Perform(Instance* inst, const Action& a, std::vector<Event>* follow_ups) {
+void Runtime::Perform(Instance* inst, const Action& a) {
   switch (a.kind) {
     case Action::Kind::kSpawn:
-      follow_ups->push_back(DoSpawn(inst));
+      // Launched by LaunchQueued once this step is done, without the lock held.
+      CN_CHECK(!inst->spawn_queued && !inst->launching) << "spawn while a spawn is pending";
+      inst->spawn_queued = true;
+      spawns_.push_back(inst->id);
       break;
     case Action::Kind::kSignal:
       if (inst->pidfd >= 0) {
@@ -499,7 +537,15 @@ std::vector<BindMount> Runtime::ResolveBinds() const {
   return out;
 }
 
-Event Runtime::DoSpawn(Instance* inst) {
+struct Runtime::PreparedLaunch {
+  LaunchSpec spec;
+  Cgroup cgroup;  // a copy: the instance's may be changed (limits) while the launch runs
+  std::string pid_path;
+  int64_t started_unix_ms = 0;
+  uint64_t oom_baseline = 0;
+};
+
+std::optional<Event> Runtime::PrepareSpawn(Instance* inst, PreparedLaunch* p) {
   CN_CHECK(inst->pidfd < 0) << "spawn while a process exists";
   const InstanceSpec& s = inst->spec;
   auto cmd = ResolveCommand(s.cmd, options_.interpreters);
@@ -521,9 +567,10 @@ Event Runtime::DoSpawn(Instance* inst) {
     if (!st.ok()) return ev::StartFailed{"start: cgroup: " + st.message(), false};
   }
   auto oom = inst->cgroup.OomKills();
-  inst->oom_baseline = oom.ok() ? *oom : 0;
+  p->oom_baseline = oom.ok() ? *oom : 0;
+  p->cgroup = inst->cgroup;
 
-  LaunchSpec ls;
+  LaunchSpec& ls = p->spec;
   ls.hostname = inst->name;
   ls.command = std::move(*cmd);
   bool path = false, home = false, hostname = false;
@@ -546,25 +593,29 @@ Event Runtime::DoSpawn(Instance* inst) {
   ls.uid = s.uid;
   ls.gid = s.gid;
   ls.binds = ResolveBinds();
-  ls.cgroup = &inst->cgroup;
-  int64_t started_unix = options_.clock->NowUnixMs();
-  std::string pid_path = inst->dir + "/pid";
-  uint64_t baseline = inst->oom_baseline;
-  ls.on_created = [&](const Child& c) {
+  ls.cgroup = &p->cgroup;
+  p->started_unix_ms = options_.clock->NowUnixMs();
+  p->pid_path = inst->dir + "/pid";
+  ls.on_created = [p](const Child& c) {
     // Recorded before the command may run: a daemon crash from here on finds it by pid+start time.
-    return WriteFileAtomic(pid_path, std::to_string(c.pid) + " " + std::to_string(c.start_ticks) +
-                                         " " + std::to_string(started_unix) + " " +
-                                         std::to_string(baseline) + "\n");
+    return WriteFileInPlace(p->pid_path, std::to_string(c.pid) + " " +
+                                             std::to_string(c.start_ticks) + " " +
+                                             std::to_string(p->started_unix_ms) + " " +
+                                             std::to_string(p->oom_baseline) + "\n");
   };
-  auto child = Launch(ls);
+  return std::nullopt;
+}
+
+Event Runtime::FinishSpawn(Instance* inst, const PreparedLaunch& p, Result<Child> child) {
   if (!child.ok()) {
-    unlink(pid_path.c_str());
+    WriteFileInPlace(p.pid_path, "").ok();  // no process recorded (emptied, not unlinked)
     return ev::StartFailed{child.status().message(), child.status().code() == Code::kUnavailable};
   }
+  inst->oom_baseline = p.oom_baseline;
   inst->pidfd = child->pidfd;
   inst->pid = child->pid;
   inst->start_ticks = child->start_ticks;
-  inst->started_unix_ms = started_unix;
+  inst->started_unix_ms = p.started_unix_ms;
   inst->exit_pending = false;
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -576,6 +627,49 @@ Event Runtime::DoSpawn(Instance* inst) {
   inst->last_cpu_ns = cpu.ok() ? *cpu : 0;
   inst->cpu_percent = 0;
   return ev::Started{child->pid};
+}
+
+void Runtime::LaunchQueued(std::unique_lock<std::mutex>* lock) {
+  bool any = false;
+  while (!spawns_.empty()) {
+    auto it = by_id_.find(spawns_.front());
+    spawns_.pop_front();
+    if (it == by_id_.end()) continue;
+    Instance* inst = it->second;
+    inst->spawn_queued = false;
+    any = true;
+    if (shut_down_) {
+      // Asked for while the runtime shuts down (a recreated instance): nothing new starts now;
+      // the next daemon starts it, as one stopped by a shutdown.
+      inst->stopped_by_shutdown = inst->spec.desired == Desired::kRunning;
+      Step(inst, ev::StartFailed{"start: the daemon is shutting down", true});
+      continue;
+    }
+    PreparedLaunch p;
+    if (std::optional<Event> failed = PrepareSpawn(inst, &p)) {
+      Step(inst, *failed);
+      continue;
+    }
+    // Only this thread touches the instance's process fields until `launching` is cleared; the
+    // core (still `starting`) and everything else of the instance stay usable meanwhile.
+    inst->launching = true;
+    ++launching_;
+    lock->unlock();
+    Result<Child> child = Launch(p.spec);
+    lock->lock();
+    --launching_;
+    inst->launching = false;
+    Step(inst, FinishSpawn(inst, p, std::move(child)));
+    changed_.notify_all();
+  }
+  if (any) RearmTimer();
+}
+
+void Runtime::WaitLaunched(std::unique_lock<std::mutex>* lock, const std::string& name) {
+  changed_.wait(*lock, [&] {
+    Instance* inst = Find(name);
+    return inst == nullptr || (!inst->spawn_queued && !inst->launching);
+  });
 }
 
 void Runtime::OnPidfd(Instance* inst) {
@@ -611,7 +705,7 @@ void Runtime::FinishExit(Instance* inst, bool known, int code, int sig) {
   // The namespace died with its init; anything left (joined from outside) goes too.
   auto left = inst->cgroup.Pids();
   if (left.ok() && !left->empty()) inst->cgroup.KillAll().ok();
-  unlink((inst->dir + "/pid").c_str());
+  WriteFileInPlace(inst->dir + "/pid", "").ok();  // no process recorded
   ev::Exited ex;
   ex.code = code;
   ex.signal = sig;
@@ -621,15 +715,13 @@ void Runtime::FinishExit(Instance* inst, bool known, int code, int sig) {
   changed_.notify_all();
 }
 
-void Runtime::Sample(Instance* inst, int64_t now) {
-  auto cpu = inst->cgroup.CpuUsageNs();
-  if (!cpu.ok()) return;
+void Runtime::Sample(Instance* inst, uint64_t cpu_ns, int64_t now) {
   int64_t dt = now - inst->last_sample_ms;
-  if (dt > 0 && *cpu >= inst->last_cpu_ns) {
+  if (dt > 0 && cpu_ns >= inst->last_cpu_ns) {
     inst->cpu_percent =
-        static_cast<double>(*cpu - inst->last_cpu_ns) / 1e6 / static_cast<double>(dt) * 100.0;
+        static_cast<double>(cpu_ns - inst->last_cpu_ns) / 1e6 / static_cast<double>(dt) * 100.0;
   }
-  inst->last_cpu_ns = *cpu;
+  inst->last_cpu_ns = cpu_ns;
   inst->last_sample_ms = now;
   Refresh(inst);
 }
@@ -648,8 +740,23 @@ void Runtime::TrimLog(Instance* inst) {
 // ---------------------------------------------------------------------------------------------
 // Persistence and adoption
 
+void Runtime::PrepareFiles(const Instance* inst) {
+  // Creating a file costs far more than writing one that exists (up to a millisecond each on an
+  // ext4 without a journal that recently deleted many inodes), so a start only writes.
+  const InstanceSpec& s = inst->spec;
+  if (s.disk_mb == 0) {  // a quota's image is made at the start, with the process's limits
+    ScratchConfig sc{
+        inst->dir + "/work", inst->dir + "/disk.img", 0, s.uid, s.gid, nullptr, "", "", ""};
+    Status st = PrepareScratch(sc, /*idle=*/true);
+    if (!st.ok()) CN_LOG(Warning) << "runtime: " << inst->name << ": " << st.ToString();
+  }
+  int fd = open((inst->dir + "/log").c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd >= 0) close(fd);
+  WriteFileInPlace(inst->dir + "/pid", "").ok();
+}
+
 Status Runtime::PersistSpec(const Instance* inst) {
-  return WriteFileAtomic(inst->dir + "/spec", EncodeSpec(inst->spec));
+  return WriteFileInPlace(inst->dir + "/spec", EncodeSpec(inst->spec));
 }
 
 void Runtime::PersistStatus(const Instance* inst) {
@@ -657,7 +764,9 @@ void Runtime::PersistStatus(const Instance* inst) {
   o += "restarts=" + std::to_string(inst->lc.restarts()) + "\n";
   o += "log_trimmed=" + std::to_string(inst->log_trimmed) + "\n";
   o += std::string("shutdown=") + (inst->stopped_by_shutdown ? "1" : "0") + "\n";
-  Status s = WriteFileAtomic(inst->dir + "/status", o);
+  // In place, not through a rename: a start writes it twice, and creating (and deleting) an inode
+  // per write was most of a mass start's cost (see WriteFileInPlace).
+  Status s = WriteFileInPlace(inst->dir + "/status", o);
   if (!s.ok()) CN_LOG(Warning) << "runtime: " << inst->name << ": " << s.ToString();
 }
 
@@ -746,6 +855,12 @@ void Runtime::Adopt(const std::string& name) {
       raw->last_sample_ms = Now();
       int64_t age = std::max<int64_t>(0, options_.clock->NowUnixMs() - started_unix);
       CN_LOG(Info) << "runtime: adopted " << name << " pid " << pid;
+      // Its binds still lead to the mounts of the daemon that started it (ENOTCONN once that
+      // one died): give it this daemon's.
+      if (std::vector<BindMount> binds = ResolveBinds(); !binds.empty()) {
+        Status rb = RebindInto(fd, binds);
+        if (!rb.ok()) CN_LOG(Warning) << "runtime: " << name << ": " << rb.ToString();
+      }
       Step(raw, ev::Adopted{raw->pid, Now() - age, spec->desired});
       return;
     }
@@ -816,6 +931,8 @@ Status Runtime::Apply(const InstanceSpec& spec) {
   Status s = ApplyLocked(spec);
   FinalizeRemovals();
   RearmTimer();
+  LaunchQueued(&lock);
+  WaitLaunched(&lock, spec.name);
   UnlockAndDeliver(&lock);
   return s;
 }
@@ -857,6 +974,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
     PersistStatus(inst);
     Refresh(inst);
     CN_RETURN_IF_ERROR(PersistSpec(inst));
+    PrepareFiles(inst);
   } else {
     const InstanceSpec& old = inst->spec;
     CgroupLimits old_limits{old.ram_mb << 20, old.cpu_percent,
@@ -933,6 +1051,8 @@ Status Runtime::Control(const std::string& name, std::string_view verb) {
   inst->stopped_by_shutdown = false;
   Step(inst, e);
   RearmTimer();
+  LaunchQueued(&lock);
+  WaitLaunched(&lock, name);
   UnlockAndDeliver(&lock);
   return s;
 }
@@ -963,7 +1083,8 @@ void Runtime::RemoveLocked(Instance* inst) {
 void Runtime::FinalizeRemovals() {
   std::vector<std::string> done;
   for (auto& [name, inst] : instances_) {
-    if (inst->removing && inst->pidfd < 0 && !inst->lc.has_process()) done.push_back(name);
+    if (inst->removing && inst->pidfd < 0 && !inst->lc.has_process() && !inst->launching)
+      done.push_back(name);
   }
   for (const std::string& name : done) {
     Instance* inst = Find(name);
@@ -1013,6 +1134,8 @@ Status Runtime::Sync(const std::vector<InstanceSpec>& specs) {
   }
   FinalizeRemovals();
   RearmTimer();
+  LaunchQueued(&lock);
+  for (const auto& s : specs) WaitLaunched(&lock, s.name);
   UnlockAndDeliver(&lock);
   return first;
 }
@@ -1091,6 +1214,7 @@ std::string Runtime::WorkDir(const std::string& name) const {
 }
 
 void Runtime::UnlockAndDeliver(std::unique_lock<std::mutex>* lock) {
+  LaunchQueued(lock);
   if (delivering_ || !listener_ || pending_.empty()) {
     lock->unlock();
     return;

@@ -41,6 +41,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -200,18 +201,32 @@ class Runtime {
   void RemoveLocked(Instance* inst);
   void FinalizeRemovals();
   void Step(Instance* inst, const Event& event);
-  void Perform(Instance* inst, const Action& action, std::vector<Event>* follow_ups);
-  Event DoSpawn(Instance* inst);
+  void Perform(Instance* inst, const Action& action);
+  // A spawn in three parts: prepared with mu_ held (directories, cgroup, the LaunchSpec; an
+  // Event when it fails already), launched without it, finished with it again.
+  struct PreparedLaunch;
+  std::optional<Event> PrepareSpawn(Instance* inst, PreparedLaunch* prepared);
+  Event FinishSpawn(Instance* inst, const PreparedLaunch& prepared, Result<Child> child);
+  // Launches every queued spawn, each with mu_ released while the process is made and execs, so
+  // that starts of different instances run in parallel (each caller that queued one launches).
+  void LaunchQueued(std::unique_lock<std::mutex>* lock);
+  // Until `name` has no spawn queued or in flight (on whichever thread launches it).
+  void WaitLaunched(std::unique_lock<std::mutex>* lock, const std::string& name);
   void OnPidfd(Instance* inst);
   void FinishExit(Instance* inst, bool known, int code, int sig);
   void OnTimer();
-  void Sample(Instance* inst, int64_t now_ms);
+  // Every sample_interval_ms: cpu_percent and the log bounds of every instance. Releases the lock
+  // while it reads.
+  void SampleAll(std::unique_lock<std::mutex>* lock);
+  void Sample(Instance* inst, uint64_t cpu_ns, int64_t now_ms);
   void TrimLog(Instance* inst);
   void RearmTimer();
   void Adopt(const std::string& name);
   // Copies what Get shows of `inst` into snapshots_ (mu_ held; takes status_mu_).
   void Refresh(const Instance* inst);
   void KillStrayCgroups();
+  // The work directory (without a quota), log and pid files, made when the instance is created.
+  void PrepareFiles(const Instance* inst);
   Status PersistSpec(const Instance* inst);
   void PersistStatus(const Instance* inst);
   Instance* Find(const std::string& name) const;
@@ -239,10 +254,13 @@ class Runtime {
   std::map<std::string, Snapshot> snapshots_;
 
   mutable std::mutex mu_;
-  std::condition_variable changed_;  // an instance's process ended (Shutdown waits on it)
+  // An instance's process ended (Shutdown waits on it) or a launch finished (WaitLaunched).
+  std::condition_variable changed_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   std::map<uint64_t, Instance*> by_id_;
   uint64_t next_id_ = 1;
+  std::deque<uint64_t> spawns_;      // instance ids whose spawn the core asked for
+  int launching_ = 0;                // launches in flight (mu_ released)
   std::vector<Transition> pending_;  // transitions not yet delivered
   bool delivering_ = false;          // a thread is calling the listener
   uint64_t dropped_transitions_ = 0;

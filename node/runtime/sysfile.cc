@@ -73,6 +73,31 @@ Status WriteFileAtomic(const std::string& path, std::string_view content) {
   return Status::Ok();
 }
 
+Status WriteFileInPlace(const std::string& path, std::string_view content) {
+  constexpr size_t kPage = 4096;
+  constexpr size_t kGrain = 256;
+  int fd = content.size() <= kPage ? open(path.c_str(), O_WRONLY | O_CLOEXEC) : -1;
+  struct stat st;
+  if (fd >= 0 && fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) <= kPage &&
+      static_cast<size_t>(st.st_size) >= content.size()) {
+    std::string padded(content);
+    padded.resize(static_cast<size_t>(st.st_size), '\n');
+    ssize_t n;
+    do {
+      n = pwrite(fd, padded.data(), padded.size(), 0);
+    } while (n < 0 && errno == EINTR);
+    int err = errno;
+    close(fd);
+    if (n < 0) return Status::FromErrno(err, "write " + path);
+    if (static_cast<size_t>(n) != padded.size()) return Status::IoError("short write to " + path);
+    return Status::Ok();
+  }
+  if (fd >= 0) close(fd);
+  std::string padded(content);
+  padded.resize((content.size() + kGrain) / kGrain * kGrain, '\n');
+  return WriteFileAtomic(path, padded);
+}
+
 Status MakeDirs(const std::string& path, unsigned mode) {
   if (path.empty()) return Status::InvalidArgument("empty path");
   // The common cases first: it exists, or only its last component is missing.

@@ -18,6 +18,14 @@ Status WriteSysFile(const std::string& path, std::string_view value);
 // Writes `content` to path.tmp and renames it over `path` (no fsync: these files only need to
 // survive a crash of the daemon, not of the machine, which takes the processes with it).
 Status WriteFileAtomic(const std::string& path, std::string_view content);
+// Overwrites `path` in place with one pwrite(2) of `content` padded with '\n' to the file's
+// current size, when that is at most one page: no new inode, no rename, no truncate. Creating and
+// deleting inodes is what made these writes slow (ext4 scans past recently deleted inodes for
+// every new one), and a write within one page is never cut short, even by SIGKILL, so a daemon
+// crash leaves the old or the new content whole. Readers must ignore blank lines. A missing file,
+// or content longer than a page, goes through WriteFileAtomic (padded to a multiple of 256 bytes,
+// so the next writes of similar length fit in place).
+Status WriteFileInPlace(const std::string& path, std::string_view content);
 // mkdir -p with `mode`; existing directories are fine.
 Status MakeDirs(const std::string& path, unsigned mode = 0755);
 bool PathExists(const std::string& path);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Restart policies with their back-off, and the daemon's life around running instances: after
-# kill -9 and a restart every instance is found again (same process, never a second one), one that
+# kill -9 and a restart every instance is found again (same process, never a second one; its
+# /constellation and /cluster lead to the new daemon's mounts), one that
 # died meanwhile is restarted by its policy or reported lost, nothing is left a zombie; a clean
 # stop stops them (and the next start brings them back), or with --leave-instances leaves them
 # running for the next daemon to adopt.
@@ -88,6 +89,11 @@ expect_eq "$(cat $C/instances/a/pid)" $pa "a is the same process (adopted, not s
 expect_eq "$(cat $C/instances/b/pid)" $pb "b is the same process"
 expect_eq "$(procs_of a | wc -l)" 2 "a's cgroup: its sh and its sleep, nothing duplicated"
 grep -q "instance_adopted\|adopted a pid $pa" $LOG || fail "no adoption in the log"
+# Inside an adopted instance /constellation and /cluster are this daemon's mounts again, not the
+# dead one's (which answer ENOTCONN).
+expect_eq "$(nsenter -t $pb -m cat /constellation/instances/b/state 2>&1)" running \
+  "the new daemon's tree seen from inside an adopted instance"
+nsenter -t $pb -m ls /cluster >/dev/null || fail "/cluster inside an adopted instance"
 expect_eq "$(cat $C/instances/lost-never/state)" "failed lost" "an instance that died unwatched"
 wait_for "the lost instance to be restarted by its policy" state_is lost-restart running
 [[ "$(cat $C/instances/lost-restart/pid)" != "$pc" ]] || fail "lost-restart kept a dead pid"

@@ -128,20 +128,21 @@ TEST_CASE("launch: namespaces, hostname, private /tmp, env, cwd, log, cgroup") {
       "echo pid=$$; echo host=$(hostname); echo inst=$CONSTELLATION_INSTANCE "
       "node=$CONSTELLATION_NODE;"
       " echo cwd=$(pwd); ls -A /tmp | wc -l | sed 's/^/tmp_entries=/'; echo oops >&2;"
-      " echo procs=$(ls /proc | grep -c '^[0-9]'); exit 3");
+      " echo procs=$(ls /proc | grep -c '^[0-9]');"
+      " echo cgroups=$(grep -c ':/" +
+      testing::TestCgroupPath("launch") + "$' /proc/self/cgroup); exit 3");
   pid_t seen = 0;
+  uint64_t ticks = 0;
   s.on_created = [&](const Child& c) {
     seen = c.pid;
-    auto pids = f.cg.Pids();
-    REQUIRE(pids.ok());
-    REQUIRE(std::find(pids->begin(), pids->end(), c.pid) != pids->end());  // in before it runs
-    REQUIRE(c.start_ticks > 0);
+    ticks = c.start_ticks;
     return Status::Ok();
   };
   auto c = Launch(s);
   INFO(c.status().ToString());
   REQUIRE(c.ok());
   REQUIRE(c->pid == seen);
+  REQUIRE(ticks > 0);
   ExitInfo e = WaitExit(*c);
   REQUIRE(e.code == 3);
   REQUIRE(e.signal == 0);
@@ -158,6 +159,8 @@ TEST_CASE("launch: namespaces, hostname, private /tmp, env, cwd, log, cgroup") {
   auto procs = out.find("procs=");
   REQUIRE(procs != std::string::npos);
   REQUIRE(std::stoi(out.substr(procs + 6)) < 10);
+  // In its group of every hierarchy (it joins before its release, so before the command runs).
+  REQUIRE(out.find("cgroups=" + std::to_string(f.cg.dirs().size()) + "\n") != std::string::npos);
   REQUIRE(testing::ZombieChildren().empty());
 }
 
