@@ -210,6 +210,7 @@ class Membership::Impl {
         if (joining_ && m.join) {
           joining_ = false;
           joined_ = true;
+          SyncWithOtherSeeds(m.from_addr);
         }
         break;
     }
@@ -925,6 +926,22 @@ class Membership::Impl {
     pp.type = MessageType::kPushPull;
     pp.updates = FullState();
     Send(to, members_.at(to).m.addr, std::move(pp));
+  }
+
+  // The seed that answered may itself be joining (nodes booted together), so its table can lack
+  // members whose alive news has long stopped circulating; only anti-entropy would bring them, 30 s
+  // later. Like memberlist's Join, which syncs with every address it is given, we push-pull once
+  // with each other seed (not retried: the periodic push-pull remains the backstop).
+  void SyncWithOtherSeeds(const std::string& answered_addr) {
+    std::set<std::string> done{answered_addr, o_.addr};
+    for (const std::string& addr : seeds_) {
+      if (!done.insert(addr).second) continue;
+      Message pp;
+      pp.type = MessageType::kPushPull;
+      pp.join = true;  // addressed by address only; the answer no longer changes joined()
+      pp.updates = FullState();
+      Send("", addr, std::move(pp));
+    }
   }
 
   void SendJoin() {
