@@ -210,6 +210,7 @@ class Membership::Impl {
         if (joining_ && m.join) {
           joining_ = false;
           joined_ = true;
+          SyncWithOtherSeeds(m.from_addr);
         }
         break;
     }
@@ -925,6 +926,29 @@ class Membership::Impl {
     pp.type = MessageType::kPushPull;
     pp.updates = FullState();
     Send(to, members_.at(to).m.addr, std::move(pp));
+  }
+
+  // The seed that answered may itself be joining (nodes booted together), so its table can lack
+  // members whose alive news has long stopped circulating; only anti-entropy would bring them, 30 s
+  // later. Like memberlist's Join, which syncs with the addresses it is given, we push-pull once
+  // with the next kJoinSyncSeeds seeds after the one that answered (not every seed: the agent
+  // passes every member it knows, and a full state to each of a thousand would be a burst; not
+  // retried: the periodic push-pull remains the backstop).
+  static constexpr size_t kJoinSyncSeeds = 2;
+  void SyncWithOtherSeeds(const std::string& answered_addr) {
+    std::set<std::string> done{answered_addr, o_.addr};
+    size_t sent = 0;
+    // join_attempt_ is one past the seed whose answer this is, unless an older attempt answered.
+    for (size_t i = 0; i < seeds_.size() && sent < kJoinSyncSeeds; ++i) {
+      const std::string& addr = seeds_[(join_attempt_ + i) % seeds_.size()];
+      if (!done.insert(addr).second) continue;
+      Message pp;
+      pp.type = MessageType::kPushPull;
+      pp.join = true;  // addressed by address only; the answer no longer changes joined()
+      pp.updates = FullState();
+      Send("", addr, std::move(pp));
+      ++sent;
+    }
   }
 
   void SendJoin() {

@@ -50,7 +50,9 @@
 //   reconnect_timeout_ms), which heals a partition whose sides declared each other dead; and with
 //   any sender we have never heard of (its alive updates were lost), at most once an interval. A
 //   remote member's `dead` is merged as `suspect` (it gets a chance to refute), `left` as `left`.
-//   A seed's answer to a join is flagged `join`: only that ends the join's retries.
+//   A seed's answer to a join is flagged `join`: only that ends the join's retries. Then we
+//   push-pull once with the next two seed addresses too (memberlist's Join syncs with every one
+//   it is given): the seed that answered may have been joining itself, its table partial.
 // - Leave. Leave() marks us `left` (final for this incarnation) and gossips it; the agent keeps
 //   the core running (answering pings, gossiping) until pending_broadcasts() reaches 0 or a
 //   deadline passes, then stops.
@@ -161,8 +163,9 @@ struct Options {
   // Suspicion timeouts, in probe intervals, scaled by max(1, log10(n)): min = suspicion_mult
   // intervals, max = suspicion_max_mult * min; the timeout falls from max to min as
   // suspicion_confirmations (capped at n - 2) independent suspicions arrive. Defaults detect a
-  // crashed node on every member within 3 s on a LAN (tests/sim/membership_sim.h shows it;
-  // docs/architecture.md has the figures).
+  // crashed node on every member within 3 s on a LAN typically (p99 2.1 s), and within 5 s when
+  // its predecessor is healthy (tests/sim/membership_sim.h checks that bound, scaled by the
+  // predecessor's health; docs/architecture.md has the figures).
   double suspicion_mult = 1;
   double suspicion_max_mult = 6;
   int suspicion_confirmations = 3;
@@ -255,9 +258,9 @@ class Membership {
   Membership(const Membership&) = delete;
   Membership& operator=(const Membership&) = delete;
 
-  // Joins through any of `seed_addrs` (tried in turn, one per join_retry_ms, until one answers);
-  // joined() turns true once a seed's state is merged. NotPermitted after Leave().
-  // InvalidArgument for no seeds or a bad address.
+  // Joins through any of `seed_addrs` (tried in turn, one per join_retry_ms, until one answers,
+  // then synced with the next two once); joined() turns true once a seed's state is merged.
+  // NotPermitted after Leave(). InvalidArgument for no seeds or a bad address.
   Status Join(const std::vector<std::string>& seed_addrs, int64_t now_ms);
   // Leaves gracefully: status `left`, gossiped at once. Idempotent.
   Status Leave(int64_t now_ms);

@@ -1,6 +1,7 @@
 #include "tests/sim/membership_sim.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -50,16 +51,13 @@ class Rng {
   uint64_t s_;
 };
 
-constexpr int64_t kFormBoundMs = 8000;            // every node joined and known alive everywhere
-constexpr int64_t kDetectionBoundMs = 3000;       // a crashed or paused node dead everywhere...
-constexpr double kDetectionBoundLoss = 0.05;      // ... while loss is at most this; above,
-constexpr int64_t kLossyDetectionBoundMs = 5000;  // a looser bound
-constexpr int64_t kRejoinBoundMs = 5000;          // a restarted or resumed node alive everywhere
-constexpr int64_t kHealBoundMs = 12000;           // every live node alive everywhere after a heal
-constexpr int64_t kLeaveBoundMs = 3000;           // a node that left is `left` everywhere
-constexpr int64_t kUndisturbedMs = 10000;         // quiet this long: declaring a node dead is a bug
-constexpr int64_t kFinalQuietMs = 15000;          // the end of a run: no faults
-constexpr size_t kSocketBufferMessages = 4096;    // what waits for a paused node
+constexpr int64_t kFormBoundMs = 8000;          // every node joined and known alive everywhere
+constexpr int64_t kRejoinBoundMs = 5000;        // a restarted or resumed node alive everywhere
+constexpr int64_t kHealBoundMs = 12000;         // every live node alive everywhere after a heal
+constexpr int64_t kLeaveBoundMs = 3000;         // a node that left is `left` everywhere
+constexpr int64_t kUndisturbedMs = 10000;       // quiet this long: declaring a node dead is a bug
+constexpr int64_t kFinalQuietMs = 15000;        // the end of a run: no faults
+constexpr size_t kSocketBufferMessages = 4096;  // what waits for a paused node
 
 class MembershipSim {
  public:
@@ -80,9 +78,11 @@ class MembershipSim {
     if (failure_.empty()) FinalCheck();
     MembershipSimResult r;
     r.ok = failure_.empty();
+    r.false_deaths = false_deaths_;
     r.failure = failure_;
     r.summary = Summary();
     r.detection_ms = detection_ms_;
+    r.detection_bound_ms = detection_bound_ms_;
     r.loss = loss_;
     r.false_suspicions = false_suspicions_;
     return r;
@@ -111,7 +111,16 @@ class MembershipSim {
     int64_t disturbed_until = 0;  // the last time it was down, paused or (re)started
     int64_t left_at = -1;
     int lives = 0;
-    std::vector<InFlight> held;  // arrived while paused
+    std::vector<InFlight> held;                    // arrived while paused
+    std::vector<std::pair<int64_t, int>> healths;  // (since when, health score), every change
+  };
+
+  // A crashed or paused node that is not yet dead on every live member.
+  struct Detection {
+    int x = 0;
+    int64_t start = 0;
+    int predecessor = 0;  // the live member whose successor probes reach x
+    size_t members = 0;   // live members, x included, when it went down
   };
 
   // ---- Setup.
@@ -179,6 +188,7 @@ class MembershipSim {
     n.next_tick = now_ + static_cast<int64_t>(rng_.Below(n.tick_period));
     n.disturbed_until = now_;
     ++n.lives;
+    NoteHealth(i);
     if (!seeds.empty()) {
       Status s = n.core->Join(seeds, now_);
       if (!s.ok()) return Fail("join: " + s.ToString());
@@ -243,42 +253,18 @@ class MembershipSim {
         n.core.reset();
         n.held.clear();
         StartDetection(x);
-        At(now_ + DetectionBound(), [this, x] { CheckEverywhere(x, "crash detection"); });
-        if (rng_.Chance(0.6)) {
-          At(now_ + 6000, [this, x] {
-            std::vector<int> seeds_up = UpNodes();
-            std::vector<std::string> seeds;
-            for (int s : seeds_up) seeds.push_back(nodes_[s].addr);
-            rng_.Shuffle(&seeds);
-            Start(x, seeds);
-            At(now_ + kRejoinBoundMs, [this, x] { CheckEverywhere(x, "restarted node rejoined"); });
-          });
-        }
+        if (rng_.Chance(0.6)) At(now_ + 6000, [this, x] { Restart(x); });
         break;
       }
       case kPause: {
         ++pauses_;
-        const int64_t len = rng_.Range(DetectionBound() + 1000, 9000);  // past the bound
-        const uint64_t inc = n.core->incarnation();
+        // Past a typical detection (3 s; 5 s above 5% loss). A resume waits for the detection
+        // anyway (ResumeDetected).
+        const int64_t len = rng_.Range(loss_ <= 0.05 ? 4000 : 6000, 9000);
         Trace("pause " + n.name + " for " + std::to_string(len) + " ms" + Healths());
         n.paused = true;
         StartDetection(x);
-        At(now_ + DetectionBound(), [this, x] { CheckEverywhere(x, "pause detection"); });
-        At(now_ + len, [this, x, inc] {
-          Resume(x);
-          At(now_ + kRejoinBoundMs, [this, x, inc] {
-            CheckEverywhere(x, "resumed node alive again");
-            for (int o : UpNodes()) {
-              if (o == x) continue;
-              std::optional<Member> m = nodes_[o].core->member(nodes_[x].name);
-              if (m && m->incarnation <= inc) {
-                Fail("resumed node alive again: " + nodes_[o].name + " holds " + nodes_[x].name +
-                     " at incarnation " + std::to_string(m->incarnation) +
-                     ", not above its pre-pause " + std::to_string(inc));
-              }
-            }
-          });
-        });
+        At(now_ + len, [this, x] { ResumeDetected(x); });
         break;
       }
       case kPartition: {
@@ -336,8 +322,40 @@ class MembershipSim {
     }
   }
 
-  int64_t DetectionBound() const {
-    return loss_ <= kDetectionBoundLoss ? kDetectionBoundMs : kLossyDetectionBoundMs;
+  // The crashed node comes back only once it was detected (or its detection bound failed): a
+  // restart before then would end the measurement.
+  void Restart(int x) {
+    if (Detecting(x)) return At(now_ + 50, [this, x] { Restart(x); });
+    std::vector<std::string> seeds;
+    for (int s : UpNodes()) seeds.push_back(nodes_[s].addr);
+    rng_.Shuffle(&seeds);
+    Start(x, seeds);
+    At(now_ + kRejoinBoundMs, [this, x] { CheckEverywhere(x, "restarted node rejoined"); });
+  }
+
+  // Likewise a paused node resumes once detected; then it must be alive again everywhere, at an
+  // incarnation above the one it was declared dead at (which may be below its own: a refutation
+  // it sent just before the pause may never have arrived).
+  void ResumeDetected(int x) {
+    if (!nodes_[x].paused) return;  // the final quiet period resumed it
+    if (Detecting(x)) return At(now_ + 50, [this, x] { ResumeDetected(x); });
+    const uint64_t inc = dead_incarnation_[x];
+    Resume(x);
+    At(now_ + kRejoinBoundMs, [this, x, inc] {
+      CheckEverywhere(x, "resumed node alive again");
+      CheckIncarnationAbove(x, inc, "resumed node alive again");
+    });
+  }
+
+  void CheckIncarnationAbove(int x, uint64_t inc, const std::string& what) {
+    for (int o : UpNodes()) {
+      if (o == x || !failure_.empty()) continue;
+      std::optional<Member> m = nodes_[o].core->member(nodes_[x].name);
+      if (m && m->incarnation <= inc) {
+        Fail(what + ": " + nodes_[o].name + " holds " + nodes_[x].name + " at incarnation " +
+             std::to_string(m->incarnation) + ", not above " + std::to_string(inc));
+      }
+    }
   }
 
   void Resume(int x) {
@@ -392,24 +410,123 @@ class MembershipSim {
     }
   }
 
-  // ---- Detection time measurement (for the summary; the bound is checked by CheckEverywhere).
+  // ---- Detection: every crash or pause until every live member holds the node dead, checked
+  // against its bound and measured for the summary.
 
   void StartDetection(int x) {
-    detect_target_ = x;
-    detect_start_ = now_;
+    const std::vector<int> up = UpNodes();  // x is already down
+    Detection d;
+    d.x = x;
+    d.start = now_;
+    d.members = up.size() + 1;
+    // Its predecessor in name order among the live members: the one whose every other probe goes
+    // to x (membership.h).
+    d.predecessor = -1;
+    for (int o : up) {
+      if (nodes_[o].name < nodes_[x].name &&
+          (d.predecessor < 0 || nodes_[o].name > nodes_[d.predecessor].name)) {
+        d.predecessor = o;
+      }
+    }
+    if (d.predecessor < 0) {
+      for (int o : up) {
+        if (d.predecessor < 0 || nodes_[o].name > nodes_[d.predecessor].name) d.predecessor = o;
+      }
+    }
+    detections_.push_back(d);
+  }
+
+  bool Detecting(int x) const {
+    return std::any_of(detections_.begin(), detections_.end(),
+                       [x](const Detection& d) { return d.x == x; });
+  }
+
+  // What SWIM with Lifeguard guarantees for a crashed node, from the configured intervals and the
+  // health score its predecessor actually had (which scales that member's probe interval):
+  //   - the predecessor probes x at least every other probe, so within two of its intervals a
+  //     probe of x starts, and it fails by the end of a third;
+  //   - x is then suspect, and every member that holds the suspicion declares x dead when the
+  //     suspicion timeout runs out, at most its max (confirmations only shorten it);
+  //   - one more probe interval for the suspicion and the death to reach the last member (each
+  //     is gossiped at once to three members, piggybacked on every message, and confirmed by
+  //     every member's own probe).
+  // Plus two of the predecessor's tick periods (a slow node's timers fire on its ticks). The
+  // typical detection is far shorter (confirmations cut the timeout to its min; any member's
+  // random probe may notice first): the percentiles are in the run's summary.
+  int64_t DetectionBoundMs(const Detection& d) const {
+    const Options& o = base_;
+    const int64_t interval = o.probe_interval_ms;
+    const int h = MaxHealth(d.predecessor, HealthSince(d));
+    const int64_t notice = 3 * interval * (h + 1) + 2 * nodes_[d.predecessor].tick_period;
+    const double scale = std::max(1.0, std::log10(static_cast<double>(d.members)));
+    const auto min_ms = static_cast<int64_t>(o.suspicion_mult * scale * interval);
+    const auto max_ms = static_cast<int64_t>(o.suspicion_max_mult * static_cast<double>(min_ms));
+    return notice + max_ms + interval;
   }
 
   void MeasureDetection() {
-    if (detect_target_ < 0) return;
-    for (int o : UpNodes()) {
-      if (o == detect_target_) continue;
-      std::optional<Member> m = nodes_[o].core->member(nodes_[detect_target_].name);
-      if (!m || m->state != State::kDead) return;
+    for (auto it = detections_.begin(); it != detections_.end() && failure_.empty();) {
+      const Detection& d = *it;
+      const Node& n = nodes_[d.x];
+      if (n.core && !n.paused) {  // back before its detection (only the final quiet period)
+        it = detections_.erase(it);
+        continue;
+      }
+      std::string holdout;
+      uint64_t dead_inc = 0;
+      for (int o : UpNodes()) {
+        std::optional<Member> m = nodes_[o].core->member(n.name);
+        if (!m || m->state != State::kDead) {
+          holdout =
+              nodes_[o].name + " holds " + n.name + " " + (m ? StateName(m->state) : "unknown");
+          break;
+        }
+        dead_inc = std::max(dead_inc, m->incarnation);
+      }
+      if (holdout.empty()) {
+        dead_incarnation_[d.x] = dead_inc;
+        const int64_t t = now_ - d.start;
+        detection_ms_.push_back(t);
+        detection_bound_ms_.push_back(DetectionBoundMs(d));
+        Trace(n.name + " dead everywhere after " + std::to_string(t) + " ms (bound " +
+              std::to_string(DetectionBoundMs(d)) + " ms)");
+        it = detections_.erase(it);
+        continue;
+      }
+      if (now_ - d.start > DetectionBoundMs(d)) {
+        return Fail(std::string(n.paused ? "pause" : "crash") + " detection: " + holdout +
+                    " after " + std::to_string(now_ - d.start) + " ms, expected dead within " +
+                    std::to_string(DetectionBoundMs(d)) + " ms (predecessor " +
+                    nodes_[d.predecessor].name + ", health up to " +
+                    std::to_string(MaxHealth(d.predecessor, HealthSince(d))) + ")");
+      }
+      ++it;
     }
-    const int64_t d = now_ - detect_start_;
-    detection_ms_.push_back(d);
-    Trace(nodes_[detect_target_].name + " dead everywhere after " + std::to_string(d) + " ms");
-    detect_target_ = -1;
+  }
+
+  // The predecessor's last probe before x went down started at most one of its longest
+  // intervals earlier, at the interval of the health it had then: the health that counts is the
+  // highest since.
+  int64_t HealthSince(const Detection& d) const {
+    return d.start - base_.probe_interval_ms * base_.awareness_max_multiplier;
+  }
+
+  // Records node i's health score when it changed (called after every input to its core).
+  void NoteHealth(int i) {
+    Node& n = nodes_[i];
+    if (!n.core) return;
+    const int h = n.core->health_score();
+    if (n.healths.empty() || n.healths.back().second != h) n.healths.emplace_back(now_, h);
+  }
+
+  // The highest health score node i had from `since` until now.
+  int MaxHealth(int i, int64_t since) const {
+    int h = 0;
+    for (auto it = nodes_[i].healths.rbegin(); it != nodes_[i].healths.rend(); ++it) {
+      h = std::max(h, it->second);
+      if (it->first <= since) break;  // the score in effect at `since`
+    }
+    return h;
   }
 
   // ---- The world.
@@ -430,6 +547,7 @@ class MembershipSim {
       if (!n.core || n.paused || now_ < n.next_tick) continue;
       n.core->Tick(now_);
       n.next_tick = now_ + n.tick_period;
+      NoteHealth(static_cast<int>(i));
       Collect(static_cast<int>(i));
     }
   }
@@ -449,6 +567,7 @@ class MembershipSim {
       ++delivered_;
       Status s = n.core->Step(*m, now_);
       if (!s.ok()) return Fail(n.name + " refused " + DescribeMessage(*m) + ": " + s.ToString());
+      NoteHealth(f.to);
       Collect(f.to);
     }
   }
@@ -501,10 +620,26 @@ class MembershipSim {
       if (nodes_[x].left_at >= 0) {
         return Fail(nodes_[observer].name + " declared " + e.node + " dead after it left");
       }
-      if (healthy) {
+      if (healthy && loss_ == 0) {
         return Fail("false positive: " + nodes_[observer].name + " declared " + e.node +
                     " dead although both have been up, running and connected for " +
-                    std::to_string(kUndisturbedMs) + " ms");
+                    std::to_string(kUndisturbedMs) + " ms, on a network without loss");
+      }
+      if (healthy) {
+        // Under loss SWIM's accuracy is probabilistic (a refutation can be lost until the
+        // suspicion runs out); what it guarantees is that the node hears of its death (the dead
+        // news is gossiped to it too) and refutes it: alive everywhere again, at a higher
+        // incarnation, within the rejoin bound.
+        ++false_deaths_;
+        Trace("false death (loss " + std::to_string(loss_) + "): " + nodes_[observer].name +
+              " declared " + e.node + " dead; it must refute within " +
+              std::to_string(kRejoinBoundMs) + " ms");
+        const uint64_t inc = e.incarnation;
+        At(now_ + kRejoinBoundMs, [this, x, inc] {
+          if (Expected(x) != State::kAlive || !cut_.empty()) return;  // a fault came since
+          CheckEverywhere(x, "falsely declared dead node refuted");
+          CheckIncarnationAbove(x, inc, "falsely declared dead node refuted");
+        });
       }
     }
   }
@@ -535,7 +670,8 @@ class MembershipSim {
     os << "; " << crashes_ << " crashes, " << pauses_ << " pauses, " << partitions_
        << " partitions, " << leaves_ << " leaves; detected in";
     for (int64_t d : detection_ms_) os << " " << d;
-    os << " ms; " << false_suspicions_ << " healthy nodes suspected; " << sent_ << " messages";
+    os << " ms; " << false_suspicions_ << " healthy nodes suspected, " << false_deaths_
+       << " declared dead (refuted); " << sent_ << " messages";
     return os.str();
   }
 
@@ -554,9 +690,11 @@ class MembershipSim {
   double dup_ = 0;
   int64_t max_delay_ = 1;
   int64_t last_partition_ = -kUndisturbedMs - 1;
-  int detect_target_ = -1;
-  int64_t detect_start_ = 0;
+  std::vector<Detection> detections_;
+  std::map<int, uint64_t> dead_incarnation_;  // the incarnation each detected node was dead at
+  uint64_t false_deaths_ = 0;
   std::vector<int64_t> detection_ms_;
+  std::vector<int64_t> detection_bound_ms_;
   uint64_t false_suspicions_ = 0;
   uint64_t sent_ = 0;
   uint64_t delivered_ = 0;

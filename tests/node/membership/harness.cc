@@ -164,7 +164,9 @@ std::string Harness::Run(const std::string& line) {
       }
       AddNodes(names, opts);
     } else if (cmd == "join") {
-      Status s = core(arg(1)).Join({arg(2)}, now_ms_);
+      std::vector<std::string> seeds{arg(2)};
+      seeds.insert(seeds.end(), w.begin() + 3, w.end());
+      Status s = core(arg(1)).Join(seeds, now_ms_);
       if (!s.ok()) Print(s.ToString());
       Collect(arg(1));
     } else if (cmd == "tick" || cmd == "run") {

@@ -6,7 +6,7 @@
 //             [suspicion-max-mult=X] [confirmations=N] [gossip=MS] [fanout=N] [push-pull=MS]
 //             [reconnect=MS] [retransmit-mult=N] [no-refute]
 //                         new nodes, each alone in its cluster (address = its name)
-//   join NAME SEED        NAME joins through SEED's address
+//   join NAME SEED...     NAME joins through the SEEDs' addresses (tried in turn)
 //   tick MS               advance the clock MS ms, ticking every running node each ms; messages
 //                         stay queued
 //   deliver [drop]        deliver (or drop) every queued message once, printing each; answers

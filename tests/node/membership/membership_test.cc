@@ -296,6 +296,29 @@ TEST_CASE("join retries through the next seed until one answers") {
   CHECK(h.StateOf("a", "b") == "alive");
 }
 
+// Found by tools/sim --membership (seed 3713 at 10% loss): a node joined through a seed that was
+// still joining, got its partial table, and heard of one member only 10 s later (that member's
+// alive news had stopped circulating before it joined; anti-entropy runs every 30 s).
+TEST_CASE("a joiner answered by a seed that is still joining syncs with its other seeds") {
+  Harness h;
+  h.Run("add-nodes a b c");
+  h.Run("join b a");
+  h.Run("deliver drop");  // b's join is lost: b stays joining, knowing only itself
+  REQUIRE(!h.core("b").joined());
+  h.Run("join c b a");
+  h.Run("deliver");                    // c's join reaches b
+  std::string out = h.Run("deliver");  // b's partial answer completes c's join...
+  CHECK(out.find("b->c push-pull-resp join [alive b/0, alive c/0]") != std::string::npos);
+  CHECK(h.core("c").joined());
+  CHECK(h.StateOf("c", "a") == "unknown");
+  out = h.Run("deliver");  // ... and c syncs with its other seed at once
+  CHECK(out.find("c->* push-pull join [alive b/0, alive c/0]") != std::string::npos);
+  h.Run("stabilize");  // no time passes: no retry of b's join, no periodic push-pull
+  CHECK(h.StateOf("c", "a") == "alive");
+  CHECK(h.StateOf("a", "c") == "alive");
+  CHECK(h.core("c").stats().join_attempts == 1);
+}
+
 TEST_CASE("a restarted node refutes its old incarnation and is alive again") {
   Harness h;
   Form(h, {"a", "b", "c"});
