@@ -140,6 +140,7 @@ struct Replica::Impl {
   int sync_barriers = 0;  // SyncBarrier calls waiting
   Status sync_error;
   bool syncer_stopping = false;
+  bool syncer_idle = false;           // waiting for work, not gathering or syncing
   std::condition_variable sync_cv;    // to the syncer: work
   std::condition_variable synced_cv;  // from the syncer: progress
   bool compact_requested = false;
@@ -491,7 +492,9 @@ struct Replica::Impl {
           std::lock_guard<std::mutex> l(mu);
           written_index = std::max(written_index, rd.entries.back().index);
           if (defer) {
-            wake_syncer = true;
+            // Only an idle syncer needs the news; one gathering wakes on its own (a wake-up per
+            // operation would cost more than the sync it saves on this machine).
+            wake_syncer = syncer_idle;
           } else {
             synced_index = std::max(synced_index, written_index);
           }
@@ -653,7 +656,9 @@ struct Replica::Impl {
       uint64_t target;
       {
         std::unique_lock<std::mutex> l(mu);
+        syncer_idle = true;
         sync_cv.wait(l, [&] { return syncer_stopping || written_index > synced_index; });
+        syncer_idle = false;
         if (written_index <= synced_index) return;  // stopping, nothing left
         sync_cv.wait_for(l, std::chrono::milliseconds(kSyncGatherMs),
                          [&] { return syncer_stopping || sync_barriers > 0; });
