@@ -257,6 +257,35 @@ struct Replica::Impl {
     return Status::Ok();
   }
 
+  // The leader of a configuration of this node alone (no other voter, no learner): only then may
+  // entries be answered before their sync (Durability::kDeferred).
+  bool Solo() const {
+    const raft::Config& c = raft->config();
+    return raft->role() == raft::Role::kLeader && c.voters.size() == 1 &&
+           c.voters[0] == options.node_name && c.learners.empty();
+  }
+
+  // Syncs what was written without a sync, at once and on this thread. False when that failed.
+  bool SyncDeferredNow() {
+    uint64_t target;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (written_index <= synced_index) return true;
+      target = written_index;
+    }
+    Status s = kv->Sync();
+    if (!s.ok()) {
+      CN_LOG(Error) << "syncing the log before messages to other members failed: " << s.ToString();
+      return false;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      synced_index = std::max(synced_index, target);
+    }
+    synced_cv.notify_all();
+    return true;
+  }
+
   // Refuses new commands while free space is below the reserve. Checked once per batch.
   Status CheckFreeSpace() {
     if (!env->free_bytes || options.reserve_bytes == 0) return Status::Ok();
@@ -308,8 +337,7 @@ struct Replica::Impl {
       std::string lead = raft->leader();
       // A sole voter appends what it accepts at last_before + 1, ...: remember which may skip the
       // sync (HandleReady decides per Ready).
-      bool local = raft->role() == raft::Role::kLeader && sole_voter_leader.load() &&
-                   raft->last_index() == last_before + n;
+      bool local = Solo() && raft->last_index() == last_before + n;
       std::deque<Held> rest;
       size_t k = 0;
       for (Held& h : held) {
@@ -436,6 +464,19 @@ struct Replica::Impl {
     // it goes along with the next entries anyway.
     bool vote_changed = rd.hard_state && (rd.hard_state->term != durable_hs.term ||
                                           rd.hard_state->vote != durable_hs.vote);
+    // A Ready of nothing but this sole voter's kDeferred entries is written without a sync (the
+    // syncer follows at once); anything else — a vote, a snapshot, a synced command, a leader's
+    // no-op — is synced, and with it everything written before.
+    bool defer = !rd.entries.empty() && !rd.snapshot && !vote_changed && Solo();
+    // Entries answered before their sync were committed by this node alone. Once the cluster has
+    // another member, nothing may leave before they are durable: a member that applied them must
+    // never see them vanish with a power loss here.
+    if (options.send && !Solo() && !SyncDeferredNow()) rd.messages.clear();
+    for (const raft::Entry& e : rd.entries) {
+      defer = defer && deferred_indexes.count(e.index) > 0;
+      deferred_indexes.erase(e.index);
+    }
+    if (raft->role() != raft::Role::kLeader) deferred_indexes.clear();
     // A leader's appends and heartbeats promise nothing about its own disk (it counts itself
     // towards a commit only once its entries are durable: Advance), so they go out before its
     // log write, and the followers' syncs overlap the leader's (Raft thesis §10.2.1). Every
@@ -453,15 +494,6 @@ struct Replica::Impl {
       }
       rd.messages = std::move(later);
     }
-    // A Ready of nothing but this sole voter's kDeferred entries is written without a sync (the
-    // syncer follows at once); anything else — a vote, a snapshot, a synced command, a leader's
-    // no-op — is synced, and with it everything written before.
-    bool defer = !rd.entries.empty() && !rd.snapshot && !vote_changed && sole_voter_leader.load();
-    for (const raft::Entry& e : rd.entries) {
-      defer = defer && deferred_indexes.count(e.index) > 0;
-      deferred_indexes.erase(e.index);
-    }
-    if (raft->role() != raft::Role::kLeader) deferred_indexes.clear();
     if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
