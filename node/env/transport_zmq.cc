@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -36,12 +37,23 @@ constexpr int kReceiveBatch = 256;
 constexpr int kReconnectIvlMs = 100;
 constexpr int kReconnectIvlMaxMs = 5000;
 constexpr int kConnectTimeoutMs = 5000;
+// A peer whose messages could not be handed over for this long gets a new socket. ZeroMQ gives up
+// on a connection for good when the handshake is refused (the peer's ZAP handler said no — e.g. a
+// restarting node that does not know its members yet): without this, messages to that peer would
+// wait forever. A peer that is merely down just gets a fresh connect attempt.
+constexpr int64_t kStuckReconnectMs = 3000;
 // ZMTP heartbeats find connections that died silently (peer host gone, no RST), so the messages
 // stuck in them stop holding the queue full until TCP gives up.
 constexpr int kHeartbeatIvlMs = 2000;
 constexpr int kHeartbeatTimeoutMs = 10000;
 
 constexpr std::string_view kTcpPrefix = "tcp://";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 Status FromZmq(const zmq::error_t& e, const std::string& what) {
   // Keep FromErrno's code mapping, but zmq_strerror knows ZeroMQ's own error numbers.
@@ -263,6 +275,7 @@ class ZmqTransportImpl final : public ZmqTransport {
     // front() without the lock (deque appends do not move existing elements).
     std::deque<std::string> queue;
     std::unique_ptr<zmq::socket_t> socket;  // I/O thread only; created on first message
+    int64_t blocked_since_ms = 0;           // I/O thread only: first refused hand-over, or 0
   };
 
   void WakeFd() {
@@ -289,7 +302,10 @@ class ZmqTransportImpl final : public ZmqTransport {
         items.push_back({monitor_->handle(), 0, ZMQ_POLLIN, 0});
       }
       for (Peer* p : pending) items.push_back({p->socket->handle(), 0, ZMQ_POLLOUT, 0});
-      if (zmq_poll(items.data(), static_cast<int>(items.size()), -1) < 0) {
+      // With messages held, wake up now and then even if nothing else happens, so a peer whose
+      // connection ZeroMQ gave up on is connected afresh (kStuckReconnectMs).
+      long timeout_ms = pending.empty() ? -1 : kStuckReconnectMs;
+      if (zmq_poll(items.data(), static_cast<int>(items.size()), timeout_ms) < 0) {
         CN_CHECK(errno == EINTR) << "zmq_poll: " << zmq_strerror(errno);
         continue;
       }
@@ -405,7 +421,24 @@ class ZmqTransportImpl final : public ZmqTransport {
         }
       }
       int rc = SendFrames(p->socket.get(), *message);
-      if (rc == EAGAIN) return true;
+      if (rc == EAGAIN) {
+        int64_t now = NowMs();
+        if (p->blocked_since_ms == 0) {
+          p->blocked_since_ms = now;
+        } else if (now - p->blocked_since_ms >= kStuckReconnectMs) {
+          CN_LOG(Debug) << "transport: nothing reached " << p->address << " for "
+                        << now - p->blocked_since_ms << " ms; connecting afresh";
+          p->blocked_since_ms = now;
+          p->socket.reset();
+          Status s = Connect(p);
+          if (!s.ok()) {
+            DropPeer(p, s);
+            return false;
+          }
+        }
+        return true;
+      }
+      p->blocked_since_ms = 0;
       {
         std::lock_guard<std::mutex> l(mu_);
         queued_bytes_ -= p->queue.front().size();

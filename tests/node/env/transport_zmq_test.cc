@@ -488,6 +488,23 @@ TEST_CASE("zmq curve: a key that was not admitted is refused and counted; others
   CHECK(server.inbox.Snapshot()[1] == std::make_pair(join_key->first, std::string("join")));
 }
 
+TEST_CASE("zmq curve: messages refused while the server did not know the key arrive once it does") {
+  // A restarting node answers handshakes before it has loaded its members, refusing them;
+  // ZeroMQ never retries a refused handshake, so the sender must connect afresh by itself.
+  Node server, client;
+  server.Start();
+  client.Start();
+  client.t->SetPeerKey(server.t->bound_address(), server.pub);
+  REQUIRE(client.t->Send(server.t->bound_address(), "early").ok());
+  REQUIRE(Eventually([&] { return server.t->counters().refused >= 1; }));
+  server.Admit(client.pub);
+  REQUIRE(client.t->Send(server.t->bound_address(), "later").ok());
+  REQUIRE(server.inbox.WaitForCount(2));
+  auto got = server.inbox.Snapshot();
+  CHECK(got[0] == std::make_pair(client.pub, std::string("early")));
+  CHECK(got[1] == std::make_pair(client.pub, std::string("later")));
+}
+
 TEST_CASE("zmq curve: a wrong server key and garbage bytes fail the handshake and are counted") {
   Node server, client;
   server.Admit(client.pub);
