@@ -11,7 +11,10 @@
 //
 // Delivery: best effort, in order per (sender, receiver) pair while a connection lasts. Messages
 // can be lost when a connection drops, when a peer restarts, and when the transport shuts down
-// (pending messages are discarded). Callers (raft, membership) retry at their own level.
+// (pending messages are discarded). Callers (raft, membership) retry at their own level. A peer
+// whose messages have not been handed over for 3 s is connected afresh: ZeroMQ itself never
+// retries a connection whose handshake the peer refused (a restarting node refuses keys until it
+// knows its members), so without that the messages would wait forever.
 //
 // Thread-safety: Send, SetHandler and the accessors are safe from any thread. The handler runs on
 // the transport's single I/O thread, one message at a time; it may call Send and SetHandler, but
