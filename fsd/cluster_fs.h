@@ -3,7 +3,7 @@
 // Metadata operations become FsOps proposed through the node's log (node/dfs/meta.h) and return
 // once applied. Like ext4's, they are durable against power loss once fsync(2) of the file or
 // directory, or close(2), returns (SyncMetadata): on a one-node cluster an operation is answered
-// when its log entry is written and a background sync follows within about one disk sync
+// when its log entry is written and a background sync follows within a few milliseconds
 // (Durability::kDeferred); in a cluster, commits are synced on a quorum before the answer. A
 // crash of the daemon (kill -9) loses nothing answered either way. File data is cut at 4 MiB
 // boundaries into chunks named by their hash (node/dfs/chunk_store.h). Writes collect in memory per

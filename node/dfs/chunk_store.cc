@@ -21,6 +21,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "node/base/fd.h"
 #include "node/base/log.h"
 
 namespace constellation {
@@ -39,35 +40,6 @@ constexpr size_t kCompareBytes = 256u << 10;
 constexpr size_t kLoadPieceBytes = 512u << 10;
 constexpr char kTmpDir[] = "tmp";
 constexpr char kQuarantineDir[] = "quarantine";
-
-// Closes a file descriptor at scope exit.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) {
-      if (fd_ >= 0) ::close(fd_);
-      fd_ = other.fd_;
-      other.fd_ = -1;
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  // Closes now, reporting close(2)'s error (a deferred write error on some file systems).
-  int Close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 size_t Fan(const ChunkId& id) { return static_cast<size_t>(id.hi >> 56); }
 
@@ -106,24 +78,6 @@ Status WriteAll(int fd, std::string_view data) {
     done += static_cast<size_t>(n);
   }
   return Status::Ok();
-}
-
-// Reads exactly `size` bytes at `offset`; false (errno set, or 0 for a short file) otherwise.
-bool PreadAll(int fd, char* buf, size_t size, off_t offset) {
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::pread(fd, buf + done, size - done, offset + static_cast<off_t>(done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    if (n == 0) {
-      errno = 0;
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  return true;
 }
 
 Status FsyncDirAt(int dir_fd, const char* name) {

@@ -44,9 +44,19 @@ Status FakeKvStore::Sync() {
     hold_cv_.wait(h, [&] { return !hold_syncs_; });
   }
   std::lock_guard<std::mutex> l(mu_);
+  if (fail_syncs_ > 0) {
+    --fail_syncs_;
+    return fail_sync_status_;
+  }
   durable_ = live_;
   ++sync_count_;
   return Status::Ok();
+}
+
+void FakeKvStore::FailNextSyncs(int count, Status status) {
+  std::lock_guard<std::mutex> l(mu_);
+  fail_syncs_ = count;
+  fail_sync_status_ = std::move(status);
 }
 
 Status FakeKvStore::Scan(std::string_view start, std::string_view limit,

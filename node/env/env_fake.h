@@ -60,6 +60,8 @@ class FakeKvStore : public KvStore {
   // While held, Sync() waits (a slow disk), so a test can act between a write and its sync.
   // Sync writes are not held.
   void HoldSyncs(bool hold);
+  // The next `count` Sync() calls fail with `status` and make nothing durable.
+  void FailNextSyncs(int count, Status status);
   int sync_count() const { return sync_count_; }
 
  private:
@@ -72,6 +74,8 @@ class FakeKvStore : public KvStore {
   std::mutex hold_mu_;
   std::condition_variable hold_cv_;
   bool hold_syncs_ = false;
+  int fail_syncs_ = 0;  // guarded by mu_
+  Status fail_sync_status_;
 };
 
 }  // namespace constellation

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 
+#include "node/base/fd.h"
 #include "node/base/log.h"
 #include "node/env/leveldb_env_internal.h"
 
@@ -41,20 +42,6 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
 
 leveldb::Status IoError(const std::string& what, int err) {
   return leveldb::Status::IOError(what, std::strerror(err));
-}
-
-bool PwriteAll(int fd, const char* p, size_t n, uint64_t offset) {
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-  return true;
 }
 
 class PreallocatedLogFile;
@@ -140,12 +127,14 @@ class PreallocatedLogFile : public leveldb::WritableFile {
       static const std::string* const kZeros = new std::string(kWriteBufferBytes, '\0');
       for (uint64_t at = allocated_; at < target;) {
         size_t n = static_cast<size_t>(std::min<uint64_t>(kZeros->size(), target - at));
-        if (!PwriteAll(fd_, kZeros->data(), n, at)) return IoError(name_, errno);
+        if (!PwriteAll(fd_, kZeros->data(), n, static_cast<off_t>(at)))
+          return IoError(name_, errno);
         at += n;
       }
       allocated_ = target;
     }
-    if (!PwriteAll(fd_, buf_.data(), buf_.size(), offset_)) return IoError(name_, errno);
+    if (!PwriteAll(fd_, buf_.data(), buf_.size(), static_cast<off_t>(offset_)))
+      return IoError(name_, errno);
     unsynced_ = true;
     offset_ = end;
     buf_.clear();
@@ -204,26 +193,15 @@ uint32_t MaskedCrc32c(std::string_view data) {
 }
 
 Result<LogTailRepair> RepairLogTail(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
   LogTailRepair rep;
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    return Status::FromErrno(e, "stat " + path);
-  }
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
   rep.size_before = static_cast<uint64_t>(st.st_size);
   std::string data(rep.size_before, '\0');
-  for (uint64_t at = 0; at < data.size();) {
-    ssize_t n = ::pread(fd, data.data() + at, data.size() - at, static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = n < 0 ? errno : EIO;
-      ::close(fd);
-      return Status::FromErrno(e, "read " + path);
-    }
-    at += static_cast<uint64_t>(n);
+  if (!PreadAll(fd.get(), data.data(), data.size(), 0)) {
+    return Status::FromErrno(errno != 0 ? errno : EIO, "read " + path);
   }
   uint64_t good_end = 0;
   for (uint64_t pos = 0; pos < data.size();) {
@@ -250,12 +228,9 @@ Result<LogTailRepair> RepairLogTail(const std::string& path) {
   }
   rep.size_after = good_end;
   for (uint64_t i = good_end; i < data.size() && !rep.torn; ++i) rep.torn = data[i] != '\0';
-  if (good_end != rep.size_before && ::ftruncate(fd, static_cast<off_t>(good_end)) != 0) {
-    int e = errno;
-    ::close(fd);
-    return Status::FromErrno(e, "truncate " + path);
+  if (good_end != rep.size_before && ::ftruncate(fd.get(), static_cast<off_t>(good_end)) != 0) {
+    return Status::FromErrno(errno, "truncate " + path);
   }
-  ::close(fd);
   return rep;
 }
 

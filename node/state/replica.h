@@ -39,9 +39,10 @@ enum class Durability {
   // On a node that is its cluster's only member (no other voter, no learner), while it leads:
   // answered once written to the log, where it survives a crash of the daemon (kill -9) but not
   // yet a power loss; a background sync (after letting writes gather for 2 ms) makes it durable,
-  // and SyncBarrier waits for that. On any other node the same as kSynced. For file-system operations, whose durability POSIX ties to
-  // fsync and close (as ext4's journal does): the log stays a prefix, so a power loss can only
-  // lose the last few such operations, together and in order.
+  // and SyncBarrier waits for that. On any other node the same as kSynced. For file-system
+  // operations, whose durability POSIX ties to fsync and close (as ext4's journal does): the log
+  // stays a prefix, so a power loss can only lose the last few such operations, together and in
+  // order.
   kDeferred,
 };
 

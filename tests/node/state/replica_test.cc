@@ -328,6 +328,27 @@ TEST_CASE("SyncBarrier makes deferred commands durable") {
   CHECK(r->SyncBarrier().ok());  // nothing waiting: immediate
 }
 
+TEST_CASE("SyncBarrier reports a failed sync, and the syncer retries") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  f.kv.HoldSyncs(true);  // the syncer cannot reach the store before the failure is armed
+  REQUIRE(r->Propose(Set("web", "cpu_percent", "7"), nullptr, Durability::kDeferred).ok());
+  // Every sync fails until told otherwise, so a barrier sees a failure whenever it starts.
+  f.kv.FailNextSyncs(1 << 30, Status::IoError("disk on fire"));
+  f.kv.HoldSyncs(false);
+  Status s = r->SyncBarrier();
+  CHECK(s.code() == Code::kIoError);
+  CHECK(s.message().find("disk on fire") != std::string::npos);
+  // The disk recovers: the syncer's next try (after its back-off) makes the command durable.
+  f.kv.FailNextSyncs(0, Status::Ok());
+  REQUIRE(r->SyncBarrier().ok());
+  f.kv.Crash();
+  r.reset();
+  r = f.Open();
+  CHECK(CpuPercent(r.get()) == 7);
+}
+
 TEST_CASE("a synced command makes the deferred ones before it durable") {
   Fixture f;
   auto r = f.Open();
