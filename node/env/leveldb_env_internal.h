@@ -13,6 +13,9 @@
 // So before leveldb reads a log (recovery, with the DB's lock held), RepairLogTail cuts the file
 // after its last intact record when nothing intact follows — exactly the records no sync covered.
 // A damaged record with intact records after it is left for leveldb to report as corruption.
+// Limits: damage to the very last record (bit rot in a synced one) is cut like a torn write rather
+// than reported; and a page lost from the middle of the unsynced tail by a power loss, with later
+// records intact, is reported by leveldb as corruption, as with an appending log.
 #ifndef CONSTELLATION_NODE_ENV_LEVELDB_ENV_INTERNAL_H_
 #define CONSTELLATION_NODE_ENV_LEVELDB_ENV_INTERNAL_H_
 
