@@ -205,44 +205,71 @@ std::string Cgroup::Dir(const std::string& controller) const {
   return it == by_controller_.end() ? "" : it->second;
 }
 
-Status Cgroup::SetLimits(const CgroupLimits& l) const {
+Status Cgroup::SetLimits(const CgroupLimits& l, const CgroupLimits* current) const {
   if (dirs_.empty()) return Status::Internal("cgroup not created");
   if (l.memory_bytes < 0 || l.cpu_percent < 0 || l.pids_max < 0)
     return Status::InvalidArgument("cgroup limits must not be negative");
+  // Each file written is an open and a path walk through the cgroup file system: a limit change
+  // on a busy node (one ram_mb write) writes only what changed.
+  bool memory = current == nullptr || current->memory_bytes != l.memory_bytes;
+  bool cpu = current == nullptr || current->cpu_percent != l.cpu_percent;
+  bool pids = current == nullptr || current->pids_max != l.pids_max;
   if (version_ == CgroupVersion::kV2) {
     const std::string& d = dirs_[0];
-    CN_RETURN_IF_ERROR(WriteSysFile(d + "/memory.max",
-                                    l.memory_bytes == 0 ? "max" : std::to_string(l.memory_bytes)));
-    std::string cpu = l.cpu_percent == 0 ? "max" : std::to_string(l.cpu_percent * 1000);
-    CN_RETURN_IF_ERROR(WriteSysFile(d + "/cpu.max", cpu + " " + std::to_string(kCpuPeriodUs)));
-    CN_RETURN_IF_ERROR(
-        WriteSysFile(d + "/pids.max", l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+    if (memory) {
+      CN_RETURN_IF_ERROR(WriteSysFile(
+          d + "/memory.max", l.memory_bytes == 0 ? "max" : std::to_string(l.memory_bytes)));
+    }
+    if (cpu) {
+      std::string max = l.cpu_percent == 0 ? "max" : std::to_string(l.cpu_percent * 1000);
+      CN_RETURN_IF_ERROR(WriteSysFile(d + "/cpu.max", max + " " + std::to_string(kCpuPeriodUs)));
+    }
+    if (pids) {
+      CN_RETURN_IF_ERROR(
+          WriteSysFile(d + "/pids.max", l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+    }
     return Status::Ok();
   }
-  std::string mem = Dir("memory");
-  std::string want = l.memory_bytes == 0 ? "-1" : std::to_string(l.memory_bytes);
-  std::string memsw = mem + "/memory.memsw.limit_in_bytes";
-  bool has_memsw = PathExists(memsw);
-  Status s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
-  if (!s.ok() && has_memsw && s.code() == Code::kInvalidArgument) {
-    // Raising: memory.limit must stay <= memsw.limit, so memsw goes first.
-    CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
-    s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
-  }
-  if (!s.ok()) {
-    if (s.code() == Code::kBusy) {
-      return Status::Busy("memory limit " + want + " is below what the instance uses now (" +
-                          s.message() + ")");
+  if (memory) {
+    std::string mem = Dir("memory");
+    std::string want = l.memory_bytes == 0 ? "-1" : std::to_string(l.memory_bytes);
+    std::string memsw = mem + "/memory.memsw.limit_in_bytes";
+    bool has_memsw = PathExists(memsw);
+    // memory.limit must stay <= memsw.limit: raising writes memsw first, lowering last. Without
+    // `current` the direction is unknown; the kernel's EINVAL then says it was a raise.
+    bool raise = current != nullptr &&
+                 (l.memory_bytes == 0 ||
+                  (current->memory_bytes != 0 && l.memory_bytes > current->memory_bytes));
+    if (has_memsw && raise) CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
+    Status s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
+    if (!s.ok() && has_memsw && !raise && s.code() == Code::kInvalidArgument) {
+      CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
+      s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
+      raise = true;
     }
-    return s;
+    if (!s.ok()) {
+      if (s.code() == Code::kBusy) {
+        return Status::Busy("memory limit " + want + " is below what the instance uses now (" +
+                            s.message() + ")");
+      }
+      return s;
+    }
+    if (has_memsw && !raise) CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
   }
-  if (has_memsw) CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
-  std::string cpu = Dir("cpu");
-  CN_RETURN_IF_ERROR(WriteSysFile(cpu + "/cpu.cfs_period_us", std::to_string(kCpuPeriodUs)));
-  CN_RETURN_IF_ERROR(WriteSysFile(
-      cpu + "/cpu.cfs_quota_us", l.cpu_percent == 0 ? "-1" : std::to_string(l.cpu_percent * 1000)));
-  CN_RETURN_IF_ERROR(WriteSysFile(Dir("pids") + "/pids.max",
-                                  l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+  if (cpu) {
+    std::string dir = Dir("cpu");
+    // The period is ours alone (kCpuPeriodUs); it is written with every full application only.
+    if (current == nullptr) {
+      CN_RETURN_IF_ERROR(WriteSysFile(dir + "/cpu.cfs_period_us", std::to_string(kCpuPeriodUs)));
+    }
+    CN_RETURN_IF_ERROR(
+        WriteSysFile(dir + "/cpu.cfs_quota_us",
+                     l.cpu_percent == 0 ? "-1" : std::to_string(l.cpu_percent * 1000)));
+  }
+  if (pids) {
+    CN_RETURN_IF_ERROR(WriteSysFile(Dir("pids") + "/pids.max",
+                                    l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+  }
   return Status::Ok();
 }
 

@@ -79,9 +79,11 @@ class Cgroup {
   // The group `path` as it is: NotFound when it does not exist (in the memory hierarchy, for v1).
   static Result<Cgroup> Open(const CgroupLayout& layout, const std::string& path);
 
-  // Applies all three limits (idempotent; may be called while processes run). Lowering the memory
-  // limit below current usage makes the kernel reclaim, and on v1 may fail with Busy.
-  Status SetLimits(const CgroupLimits& limits) const;
+  // Applies the three limits (idempotent; may be called while processes run). Lowering the memory
+  // limit below current usage makes the kernel reclaim, and on v1 may fail with Busy. With
+  // `current` (the limits the group has now, as a successful SetLimits left them) only the limits
+  // that differ are written; without it, all of them.
+  Status SetLimits(const CgroupLimits& limits, const CgroupLimits* current = nullptr) const;
   Result<CgroupStats> ReadStats() const;
   // Only cpu_usage_ns (one file read, for periodic sampling). 0 when cpuacct is not mounted (v1).
   Result<uint64_t> CpuUsageNs() const;

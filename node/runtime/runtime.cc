@@ -980,9 +980,9 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
     CgroupLimits old_limits{old.ram_mb << 20, old.cpu_percent,
                             old.pids_max > 0 ? old.pids_max : options_.pids_max};
     if (!(limits == old_limits)) {
-      Status s = inst->cgroup.SetLimits(limits);
+      Status s = inst->cgroup.SetLimits(limits, &old_limits);
       if (!s.ok()) {
-        inst->cgroup.SetLimits(old_limits).ok();  // never half-applied
+        inst->cgroup.SetLimits(old_limits).ok();  // never half-applied: all of them again
         return s;
       }
     }

@@ -10,8 +10,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 #include "catch2/catch.hpp"
+#include "node/runtime/sysfile.h"
 #include "tests/node/runtime/test_util.h"
 
 namespace constellation::runtime {
@@ -60,6 +63,51 @@ struct Cleanup {
     testing::RemoveTestCgroups();
   }
 };
+
+// The first of `names` found in one of the group's directories, read; "" when none is there.
+std::string ReadLimit(const Cgroup& cg, std::initializer_list<const char*> names) {
+  for (const std::string& d : cg.dirs()) {
+    for (const char* n : names) {
+      auto text = ReadSmallFile(d + "/" + n);
+      if (text.ok()) return text->substr(0, text->find('\n'));
+    }
+  }
+  return "";
+}
+
+TEST_CASE("cgroup: SetLimits with the current limits writes only what changed") {
+  if (!CanRunRootTests()) return;
+  Cleanup cleanup;
+  auto layout = DetectCgroupLayout();
+  REQUIRE(layout.ok());
+  auto cg = Cgroup::Create(*layout, TestCgroupPath("delta"));
+  REQUIRE(cg.ok());
+  auto memory = [&] { return ReadLimit(*cg, {"memory.limit_in_bytes", "memory.max"}); };
+  auto pids = [&] { return ReadLimit(*cg, {"pids.max"}); };
+  CgroupLimits a{.memory_bytes = 64 << 20, .cpu_percent = 50, .pids_max = 20};
+  REQUIRE(cg->SetLimits(a).ok());
+  REQUIRE(memory() == std::to_string(64 << 20));
+  REQUIRE(pids() == "20");
+
+  // Someone else changed pids.max; a memory-only change leaves it alone.
+  for (const std::string& d : cg->dirs()) WriteSysFile(d + "/pids.max", "7").ok();
+  REQUIRE(pids() == "7");
+  // Raise (memsw first on v1), lower (memsw last), unlimited, and back: each as one step.
+  CgroupLimits b = a;
+  for (int64_t mb : {128, 32, 0, 48}) {
+    CgroupLimits next = b;
+    next.memory_bytes = mb << 20;
+    INFO(mb);
+    REQUIRE(cg->SetLimits(next, &b).ok());
+    std::string want = mb == 0 ? "" : std::to_string(mb << 20);
+    if (mb != 0) REQUIRE(memory() == want);
+    b = next;
+  }
+  REQUIRE(pids() == "7");
+  // Without `current` everything is written again.
+  REQUIRE(cg->SetLimits(b).ok());
+  REQUIRE(pids() == "20");
+}
 
 TEST_CASE("cgroup: create, limits, stats, processes, remove") {
   if (!CanRunRootTests()) return;
