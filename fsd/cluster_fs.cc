@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 #include "node/dfs/chunk.h"
 
 namespace constellation {
@@ -120,9 +121,15 @@ struct ClusterFs::File {
 
 ClusterFs::ClusterFs(ClusterFsOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.background_threads; ++i) {
-    bg_threads_.emplace_back([this] { BackgroundLoop(); });
+    bg_threads_.emplace_back([this] {
+      SetThreadName("cn-fs-store");
+      BackgroundLoop();
+    });
   }
-  inval_thread_ = std::thread([this] { InvalidateLoop(); });
+  inval_thread_ = std::thread([this] {
+    SetThreadName("cn-fs-inval");
+    InvalidateLoop();
+  });
 }
 
 ClusterFs::~ClusterFs() {
@@ -702,30 +709,58 @@ Status ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size, ch
     CN_ASSIGN_OR_RETURN(size_t n, std::move(read));
     if (n != p.length) return Status::Corruption("short chunk read");
   }
-  // A reader passing three quarters of a window likely reads on: chunk files are separate files,
-  // so the kernel's readahead stops at each one; ask for the next window's chunk now.
-  constexpr uint64_t kPrefetchAt = kWindow / 4 * 3;
+  MaybePrefetch(ext, i.size, offset, size);
+  return Status::Ok();
+}
+
+void ClusterFs::MaybePrefetch(const ExtentList& ext, uint64_t file_size, uint64_t offset,
+                              size_t size) {
+  // Chunk files are separate files, so the kernel's readahead stops at each one. A read that
+  // crosses the quarter mark of its window asks for the next window's chunk, which then has
+  // three quarters of a window's reading (some milliseconds) to be read and verified. A random
+  // reader crosses that mark rarely (once per window's worth of reads).
+  constexpr uint64_t kPrefetchAt = kWindow / 4;
   uint64_t end = offset + size;
   uint64_t next = (end / kWindow + 1) * kWindow;
   if (end % kWindow >= kPrefetchAt &&
-      (offset / kWindow != end / kWindow || offset % kWindow < kPrefetchAt) && next < i.size) {
+      (offset / kWindow != end / kWindow || offset % kWindow < kPrefetchAt) && next < file_size) {
     Result<std::vector<ReadPiece>> ahead = MapRange(ext, next, 1);
     if (ahead.ok() && !ahead->empty() && !ahead->front().hole) {
       options_.chunks->Prefetch(ahead->front().chunk.id);
     }
   }
-  return Status::Ok();
 }
 
-Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) {
+Result<ClusterFs::ReadBytes> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) {
   std::shared_ptr<File> f = GetFile(ino, true);
   std::lock_guard<std::mutex> l(f->mu);
   CN_RETURN_IF_ERROR(LoadBase(f.get(), ino));
   const Inode& base = *f->base;
   uint64_t eof = f->unflushed() ? f->size : base.size;
-  if (offset >= eof) return std::string();
+  ReadBytes got;
+  if (offset >= eof) return got;
   size = static_cast<size_t>(std::min<uint64_t>(size, eof - offset));
-  std::string out(size, '\0');
+  if (f->dirty.empty() && f->sealed.empty() && !base.content.empty()) {
+    // Nothing buffered: a read inside one stored chunk is answered from the cached chunk itself.
+    CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(base));
+    CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
+    if (pieces.size() == 1 && !pieces[0].hole) {
+      const ReadPiece& p = pieces[0];
+      Result<std::shared_ptr<const ChunkBytes>> chunk = options_.chunks->ReadChunk(p.chunk.id);
+      if (chunk.status().code() == Code::kNotFound) {
+        return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
+      }
+      CN_RETURN_IF_ERROR(chunk.status());
+      if (p.chunk_offset + p.length > (*chunk)->size()) return Status::Corruption("short chunk");
+      MaybePrefetch(ext, base.size, offset, size);
+      got.chunk = std::move(chunk).value();
+      got.offset = p.chunk_offset;
+      got.length = static_cast<size_t>(p.length);
+      return got;
+    }
+  }
+  got.owned.assign(size, '\0');
+  std::string& out = got.owned;
   uint64_t pos = offset;
   while (pos < offset + size) {
     uint64_t window = pos / kWindow;
@@ -768,7 +803,7 @@ Result<std::string> ClusterFs::Read(uint64_t ino, uint64_t offset, size_t size) 
     }
     pos = window_end;
   }
-  return out;
+  return got;
 }
 
 void ClusterFs::AddRange(Window* w, uint32_t in, std::string_view bytes, size_t* memory_bytes) {

@@ -90,7 +90,18 @@ class ClusterFs {
   Status Open(uint64_t ino);
   // Flushes, and drops the count; the last release of an unlinked file lets it go.
   Status Release(uint64_t ino, const Caller& c);
-  Result<std::string> Read(uint64_t ino, uint64_t offset, size_t size);
+  // What Read returns: bytes borrowed from a verified cached chunk (kept alive by `chunk`; no
+  // copy, the common case of a read inside one stored chunk) or owned.
+  struct ReadBytes {
+    std::shared_ptr<const ChunkBytes> chunk;
+    size_t offset = 0;  // into chunk
+    size_t length = 0;
+    std::string owned;
+    std::string_view view() const {
+      return chunk ? chunk->view().substr(offset, length) : std::string_view(owned);
+    }
+  };
+  Result<ReadBytes> Read(uint64_t ino, uint64_t offset, size_t size);
   Status Write(uint64_t ino, uint64_t offset, std::string_view data, const Caller& c);
   // Then SyncMetadata: close(2) and fsync(2).
   Status Flush(uint64_t ino, const Caller& c);
@@ -159,6 +170,9 @@ class ClusterFs {
   Status LoadBase(File* f, uint64_t ino);
   // Reads committed bytes [offset, offset + size) into `out`; size must end at or before EOF.
   Status ReadCommitted(const Inode& inode, uint64_t offset, size_t size, char* out);
+  // A sequential reader passing a quarter of a window likely reads on: has the chunk store load
+  // the next window's chunk in the background.
+  void MaybePrefetch(const ExtentList& ext, uint64_t file_size, uint64_t offset, size_t size);
   struct stat ToStat(const Inode& inode, const File* f);
   // Hands a full dirty window to the background threads; false (window stays dirty) when their
   // queue is full.

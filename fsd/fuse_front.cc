@@ -18,6 +18,7 @@
 #include "fsd/cluster_fs.h"
 #include "fsd/errno.h"
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 
 namespace constellation {
 namespace {
@@ -585,9 +586,11 @@ struct FuseFront::Impl {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
     if (h->cluster) {
-      Result<std::string> data = self->cluster->Read(ino, static_cast<uint64_t>(off), size);
+      Result<ClusterFs::ReadBytes> data =
+          self->cluster->Read(ino, static_cast<uint64_t>(off), size);
       if (!data.ok()) return ReplyStatus(req, data.status());
-      fuse_reply_buf(req, data->data(), data->size());
+      std::string_view bytes = data->view();
+      fuse_reply_buf(req, bytes.data(), bytes.size());
       return;
     }
     if (h->events) return self->ReadEvents(req, h, size, fi->flags);
@@ -868,7 +871,10 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
   impl->mounted = true;
   Impl* raw = impl.get();
   impl->hub->SetListener([raw] { raw->Wake(); });
-  impl->dispatcher = std::thread([raw] { raw->Dispatch(); });
+  impl->dispatcher = std::thread([raw] {
+    SetThreadName("cn-fuse-events");
+    raw->Dispatch();
+  });
   return std::unique_ptr<FuseFront>(new FuseFront(std::move(impl)));
 }
 

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 
 namespace constellation {
 namespace {
@@ -136,7 +137,11 @@ Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, Eve
   rt->SetListener([this](const runtime::Transition& t) { OnTransition(t); });
   Status s = SyncAll();
   int n = std::clamp(options_.workers, 1, 64);
-  for (int i = 0; i < n; ++i) workers_.emplace_back([this] { Loop(); });
+  for (int i = 0; i < n; ++i)
+    workers_.emplace_back([this] {
+      SetThreadName("cn-agent");
+      Loop();
+    });
   return s;
 }
 

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 #include "node/cluster/voters.h"
 #include "node/cluster/wire.h"
 #include "node/env/transport.h"
@@ -445,7 +446,10 @@ struct ClusterNode::Impl {
       std::lock_guard<std::mutex> vl(view_mu);
       for (const membership::Member& m : swim->members()) view[m.name] = m.state;
     }
-    swim_thread = std::thread([this, events = r->events()] { RunSwim(events); });
+    swim_thread = std::thread([this, events = r->events()] {
+      SetThreadName("cn-swim");
+      RunSwim(events);
+    });
     return Status::Ok();
   }
 
@@ -578,7 +582,10 @@ Status ClusterNode::Attach(Replica* replica) {
     std::unique_lock<std::shared_mutex> l(m.replica_mu);
     m.replica = replica;
   }
-  m.join_worker = std::thread([p = impl_.get()] { p->ServeJoins(); });
+  m.join_worker = std::thread([p = impl_.get()] {
+    SetThreadName("cn-join");
+    p->ServeJoins();
+  });
   ReplicaStatus st = replica->GetStatus();
   bool member = !st.voters.empty() || !st.learners.empty();
   if (!member) {

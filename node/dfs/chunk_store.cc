@@ -11,18 +11,22 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <future>
 #include <list>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "node/base/fd.h"
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 
 namespace constellation {
 namespace {
@@ -38,6 +42,8 @@ constexpr size_t kSyncBatch = 64;
 constexpr size_t kCompareBytes = 256u << 10;
 // Piece size when reading a chunk from disk: each piece is hashed while still in the CPU cache.
 constexpr size_t kLoadPieceBytes = 512u << 10;
+// Chunks waiting for the read-ahead thread; more are not asked for (the reader is far behind).
+constexpr size_t kReadAheadQueue = 4;
 constexpr char kTmpDir[] = "tmp";
 constexpr char kQuarantineDir[] = "quarantine";
 
@@ -258,7 +264,24 @@ struct ChunkStore::Impl {
   std::atomic<uint64_t> chunks{0}, bytes{0}, corrupt_events{0}, quarantined_files{0}, cache_hits{0},
       cache_misses{0}, puts{0}, puts_existing{0}, no_space{0};
 
+  // Read-ahead: one thread, started by the first Prefetch, loads queued chunks into the cache, so
+  // that a sequential reader finds the next chunk already read and verified (on the other core)
+  // instead of waiting for the disk and the hash.
+  std::mutex ra_mu;
+  std::condition_variable ra_cv;
+  std::deque<ChunkId> ra_queue;  // guarded by ra_mu; at most kReadAheadQueue
+  bool ra_stop = false;          // guarded by ra_mu
+  bool ra_busy = false;          // guarded by ra_mu: a load is under way
+  std::condition_variable ra_idle_cv;
+  std::thread ra_thread;  // started under ra_mu
+
   ~Impl() {
+    {
+      std::lock_guard<std::mutex> l(ra_mu);
+      ra_stop = true;
+    }
+    ra_cv.notify_all();
+    if (ra_thread.joinable()) ra_thread.join();
     if (lock_fd >= 0) ::close(lock_fd);
     if (dir_fd >= 0) ::close(dir_fd);
   }
@@ -319,6 +342,32 @@ struct ChunkStore::Impl {
     bytes.fetch_sub(static_cast<uint64_t>(st.st_size), std::memory_order_relaxed);
     std::lock_guard<std::mutex> l(quarantined_mu);
     if (quarantined.size() < kMaxQuarantinedIds) quarantined.insert(id);
+  }
+
+  LoadResult ReadChunk(const ChunkId& id) {
+    bool hit = false;
+    LoadResult r = cache->Get(
+        id, [&] { return LoadFromDisk(id); }, &hit);
+    (hit ? cache_hits : cache_misses).fetch_add(1, std::memory_order_relaxed);
+    return r;
+  }
+
+  void ReadAheadLoop() {
+    SetThreadName("cn-chunk-ahead");
+    std::unique_lock<std::mutex> l(ra_mu);
+    for (;;) {
+      ra_cv.wait(l, [&] { return ra_stop || !ra_queue.empty(); });
+      if (ra_stop) return;
+      ChunkId id = ra_queue.front();
+      ra_queue.pop_front();
+      ra_busy = true;
+      l.unlock();
+      // Errors are the reader's to see, when it asks for the chunk itself.
+      (void)ReadChunk(id);
+      l.lock();
+      ra_busy = false;
+      if (ra_queue.empty()) ra_idle_cv.notify_all();
+    }
   }
 
   // Reads and verifies the stored chunk from disk; quarantines it on a mismatch.
@@ -683,12 +732,7 @@ Status ChunkStore::Sync(std::span<const ChunkId> ids) {
 }
 
 Result<std::shared_ptr<const ChunkBytes>> ChunkStore::ReadChunk(const ChunkId& id) {
-  Impl& m = *impl_;
-  bool hit = false;
-  LoadResult r = m.cache->Get(
-      id, [&] { return m.LoadFromDisk(id); }, &hit);
-  (hit ? m.cache_hits : m.cache_misses).fetch_add(1, std::memory_order_relaxed);
-  return r;
+  return impl_->ReadChunk(id);
 }
 
 Result<size_t> ChunkStore::Read(const ChunkId& id, uint64_t offset, size_t length, char* buf) {
@@ -703,8 +747,30 @@ Result<size_t> ChunkStore::Read(const ChunkId& id, uint64_t offset, size_t lengt
 }
 
 void ChunkStore::Prefetch(const ChunkId& id) {
-  Fd fd(::openat(impl_->dir_fd, ChunkPath(id).c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() >= 0) (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_WILLNEED);
+  Impl& m = *impl_;
+  if (m.options.max_cache_bytes == 0) {
+    // Nothing to load into: at least have the kernel read the file.
+    Fd fd(::openat(m.dir_fd, ChunkPath(id).c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() >= 0) (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_WILLNEED);
+    return;
+  }
+  if (m.cache->Peek(id) != nullptr) return;
+  {
+    std::lock_guard<std::mutex> l(m.ra_mu);
+    if (m.ra_stop || m.ra_queue.size() >= kReadAheadQueue ||
+        std::find(m.ra_queue.begin(), m.ra_queue.end(), id) != m.ra_queue.end()) {
+      return;
+    }
+    m.ra_queue.push_back(id);
+    if (!m.ra_thread.joinable()) m.ra_thread = std::thread([&m] { m.ReadAheadLoop(); });
+  }
+  m.ra_cv.notify_one();
+}
+
+void ChunkStore::DrainReadAhead() {
+  Impl& m = *impl_;
+  std::unique_lock<std::mutex> l(m.ra_mu);
+  m.ra_idle_cv.wait(l, [&] { return m.ra_stop || (m.ra_queue.empty() && !m.ra_busy); });
 }
 
 Status ChunkStore::Verify(const ChunkId& id) {

@@ -143,9 +143,13 @@ class ChunkStore {
   Result<size_t> Read(const ChunkId& id, uint64_t offset, size_t length, char* buf);
   // The whole verified chunk, shared (no copy when cached). Errors as for Read.
   Result<std::shared_ptr<const ChunkBytes>> ReadChunk(const ChunkId& id);
-  // Asks the kernel to start reading the chunk's file into the page cache (for a sequential
-  // reader about to need it); no verification, no error if absent.
+  // For a sequential reader about to need the chunk: a background thread reads and verifies it
+  // into the cache (a later ReadChunk waits for that load rather than starting its own). Never
+  // blocks; dropped when the chunk is cached, already queued, or a few loads are waiting; errors
+  // are left for the reader's ReadChunk. Without a cache, asks the kernel to read the file.
   void Prefetch(const ChunkId& id);
+  // Returns once every chunk Prefetch queued has been loaded (or failed to).
+  void DrainReadAhead();
   // Re-reads and re-hashes the stored file, bypassing the cache (the scrubber's check). OK,
   // NotFound, or Corruption (the file is then quarantined as for a read).
   Status Verify(const ChunkId& id);

@@ -24,6 +24,7 @@
 #include <zmq.hpp>
 
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 #include "node/env/transport.h"
 
 namespace constellation {
@@ -173,7 +174,10 @@ class ZmqTransportImpl final : public ZmqTransport {
     } else {
       CN_ASSIGN_OR_RETURN(self_address_, ParseTcpAddress(options_.self_address, false));
     }
-    thread_ = std::thread([this] { Loop(); });
+    thread_ = std::thread([this] {
+      SetThreadName("cn-transport");
+      Loop();
+    });
     return Status::Ok();
   }
 

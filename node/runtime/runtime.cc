@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 #include "node/runtime/scratch.h"
 #include "node/runtime/sysfile.h"
 
@@ -298,7 +299,10 @@ Status Runtime::Init() {
   RearmTimer();
   LaunchQueued(&lock);
   lock.unlock();
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    SetThreadName("cn-runtime");
+    Loop();
+  });
   return Status::Ok();
 }
 

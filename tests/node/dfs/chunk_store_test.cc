@@ -398,6 +398,38 @@ TEST_CASE("chunk store: a corrupted chunk reads as Corruption, is counted and qu
   CHECK(CountFiles(dir + "/quarantine") == 2);
 }
 
+TEST_CASE("chunk store: Prefetch reads and verifies a chunk into the cache in the background") {
+  TempDir tmp("cn_chunks");
+  std::mt19937_64 rng(9);
+  std::string data = RandomBytes(&rng, kMaxChunkBytes);
+  std::string bad_data = RandomBytes(&rng, 100'000);
+  auto store = OpenOrDie(tmp.path());
+  ChunkId id = store->Put(data).value();
+  ChunkId bad = store->Put(bad_data).value();
+  FlipByte(ChunkFile(tmp.path(), bad), 50'000);
+
+  store->Prefetch(id);
+  store->Prefetch(id);  // already queued or cached: nothing more
+  store->Prefetch(bad);
+  store->DrainReadAhead();
+  ChunkStoreStats st = store->Stats();
+  CHECK(st.cache_misses == 2);
+  CHECK(st.cache_bytes == data.size());
+  CHECK(st.corrupt_events == 1);  // found by the read-ahead, quarantined
+  // Served from memory: the file is no longer needed.
+  REQUIRE(fs::remove(ChunkFile(tmp.path(), id)));
+  uint64_t hits = st.cache_hits;
+  auto chunk = store->ReadChunk(id);
+  REQUIRE(chunk.ok());
+  CHECK((*chunk)->view() == data);
+  CHECK(store->Stats().cache_hits == hits + 1);
+  store->Prefetch(id);  // cached: not loaded again
+  store->DrainReadAhead();
+  CHECK(store->Stats().cache_misses == 2);
+  // The reader still sees the damage the read-ahead found, never bytes.
+  CHECK(store->ReadChunk(bad).status().code() == Code::kCorruption);
+}
+
 TEST_CASE("chunk store: Put over a bad stored copy replaces it") {
   TempDir tmp("cn_chunks");
   std::string dir = tmp.path();

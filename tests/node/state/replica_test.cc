@@ -174,6 +174,33 @@ TEST_CASE("below the free-space reserve new commands get NoSpace and nothing ent
   CHECK(r->Propose(Set("web", "ram_mb", "64")).ok());
 }
 
+TEST_CASE("with plenty of room the free space is looked at most every 20 ms") {
+  Fixture f;
+  std::atomic<uint64_t> free{100ull << 30};
+  std::atomic<int> looks{0};
+  f.env.free_bytes = [&](const std::string&) -> Result<uint64_t> {
+    ++looks;
+    return free.load();
+  };
+  f.options.reserve_bytes = 64ull << 20;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  int after_create = looks.load();
+  REQUIRE(after_create >= 1);
+  REQUIRE(r->Propose(Set("web", "ram_mb", "64")).ok());
+  CHECK(looks.load() == after_create);
+  // The disk filled up behind its back: seen at the next look, 20 ms later.
+  free = 10ull << 20;
+  f.clock.Advance(20);
+  CHECK(r->Propose(Set("web", "ram_mb", "32")).code() == Code::kNoSpace);
+  // Near the reserve every batch looks.
+  free = 100ull << 20;
+  REQUIRE(r->Propose(Set("web", "ram_mb", "16")).ok());
+  int near = looks.load();
+  REQUIRE(r->Propose(Set("web", "ram_mb", "8")).ok());
+  CHECK(looks.load() == near + 1);
+}
+
 TEST_CASE("compaction drops applied log entries and state survives a restart") {
   Fixture f;
   f.options.log_keep = 5;
