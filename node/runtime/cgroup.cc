@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -145,6 +148,78 @@ Status ValidateCgroupPath(std::string_view path) {
   return Status::Ok();
 }
 
+namespace {
+// Limit-file handles kept open across all groups; past it, writes open the file each time.
+constexpr int kMaxKeptLimitFds = 4096;
+std::atomic<int> kept_limit_fds{0};
+}  // namespace
+
+struct Cgroup::LimitFiles {
+  std::mutex mu;
+  std::map<std::string, int> fds;  // path -> O_WRONLY fd; guarded by mu
+  int memsw = -1;                  // v1: memory.memsw.limit_in_bytes exists (1) or not (0)
+
+  void CloseAll() {
+    std::lock_guard<std::mutex> l(mu);
+    for (auto& [path, fd] : fds) close(fd);
+    kept_limit_fds.fetch_sub(static_cast<int>(fds.size()), std::memory_order_relaxed);
+    fds.clear();
+  }
+  ~LimitFiles() { CloseAll(); }
+};
+
+Cgroup::Cgroup(CgroupVersion version, std::string path, std::vector<std::string> dirs,
+               std::map<std::string, std::string> by_controller)
+    : version_(version),
+      path_(std::move(path)),
+      dirs_(std::move(dirs)),
+      by_controller_(std::move(by_controller)),
+      files_(std::make_shared<LimitFiles>()) {}
+
+Status Cgroup::WriteLimit(const std::string& path, std::string_view value, bool keep) const {
+  if (files_ == nullptr) return WriteSysFile(path, value);
+  std::lock_guard<std::mutex> l(files_->mu);
+  auto it = files_->fds.find(path);
+  if (it == files_->fds.end()) {
+    Status s = WriteSysFile(path, value);
+    // Only a file written again later (a live change) is worth a handle.
+    if (s.ok() && keep &&
+        kept_limit_fds.fetch_add(1, std::memory_order_relaxed) < kMaxKeptLimitFds) {
+      int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        files_->fds[path] = fd;
+      } else {
+        kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
+      }
+    } else if (s.ok() && keep) {
+      kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
+    }
+    return s;
+  }
+  ssize_t n;
+  do {
+    n = pwrite(it->second, value.data(), value.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == ENODEV) {
+    // The group was removed (and maybe made again) behind our back: drop the stale handle.
+    close(it->second);
+    files_->fds.erase(it);
+    kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
+    return WriteSysFile(path, value);
+  }
+  if (n < 0) return Status::FromErrno(errno, "write '" + std::string(value) + "' to " + path);
+  if (static_cast<size_t>(n) != value.size()) return Status::IoError("short write to " + path);
+  return Status::Ok();
+}
+
+bool Cgroup::HasMemsw() const {
+  std::string memsw = Dir("memory") + "/memory.memsw.limit_in_bytes";
+  if (files_ == nullptr) return PathExists(memsw);
+  std::lock_guard<std::mutex> l(files_->mu);
+  if (files_->memsw < 0) files_->memsw = PathExists(memsw) ? 1 : 0;
+  return files_->memsw == 1;
+}
+
 Result<Cgroup> Cgroup::Create(const CgroupLayout& layout, const std::string& path) {
   CN_RETURN_IF_ERROR(ValidateCgroupPath(path));
   if (layout.version == CgroupVersion::kV2) {
@@ -211,22 +286,24 @@ Status Cgroup::SetLimits(const CgroupLimits& l, const CgroupLimits* current) con
     return Status::InvalidArgument("cgroup limits must not be negative");
   // Each file written is an open and a path walk through the cgroup file system: a limit change
   // on a busy node (one ram_mb write) writes only what changed.
+  bool live = current != nullptr;
   bool memory = current == nullptr || current->memory_bytes != l.memory_bytes;
   bool cpu = current == nullptr || current->cpu_percent != l.cpu_percent;
   bool pids = current == nullptr || current->pids_max != l.pids_max;
   if (version_ == CgroupVersion::kV2) {
     const std::string& d = dirs_[0];
     if (memory) {
-      CN_RETURN_IF_ERROR(WriteSysFile(
-          d + "/memory.max", l.memory_bytes == 0 ? "max" : std::to_string(l.memory_bytes)));
+      CN_RETURN_IF_ERROR(WriteLimit(
+          d + "/memory.max", l.memory_bytes == 0 ? "max" : std::to_string(l.memory_bytes), live));
     }
     if (cpu) {
       std::string max = l.cpu_percent == 0 ? "max" : std::to_string(l.cpu_percent * 1000);
-      CN_RETURN_IF_ERROR(WriteSysFile(d + "/cpu.max", max + " " + std::to_string(kCpuPeriodUs)));
+      CN_RETURN_IF_ERROR(
+          WriteLimit(d + "/cpu.max", max + " " + std::to_string(kCpuPeriodUs), live));
     }
     if (pids) {
       CN_RETURN_IF_ERROR(
-          WriteSysFile(d + "/pids.max", l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+          WriteLimit(d + "/pids.max", l.pids_max == 0 ? "max" : std::to_string(l.pids_max), live));
     }
     return Status::Ok();
   }
@@ -234,17 +311,17 @@ Status Cgroup::SetLimits(const CgroupLimits& l, const CgroupLimits* current) con
     std::string mem = Dir("memory");
     std::string want = l.memory_bytes == 0 ? "-1" : std::to_string(l.memory_bytes);
     std::string memsw = mem + "/memory.memsw.limit_in_bytes";
-    bool has_memsw = PathExists(memsw);
+    bool has_memsw = HasMemsw();
     // memory.limit must stay <= memsw.limit: raising writes memsw first, lowering last. Without
     // `current` the direction is unknown; the kernel's EINVAL then says it was a raise.
     bool raise = current != nullptr &&
                  (l.memory_bytes == 0 ||
                   (current->memory_bytes != 0 && l.memory_bytes > current->memory_bytes));
-    if (has_memsw && raise) CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
-    Status s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
+    if (has_memsw && raise) CN_RETURN_IF_ERROR(WriteLimit(memsw, want, live));
+    Status s = WriteLimit(mem + "/memory.limit_in_bytes", want, live);
     if (!s.ok() && has_memsw && !raise && s.code() == Code::kInvalidArgument) {
-      CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
-      s = WriteSysFile(mem + "/memory.limit_in_bytes", want);
+      CN_RETURN_IF_ERROR(WriteLimit(memsw, want, live));
+      s = WriteLimit(mem + "/memory.limit_in_bytes", want, live);
       raise = true;
     }
     if (!s.ok()) {
@@ -254,7 +331,7 @@ Status Cgroup::SetLimits(const CgroupLimits& l, const CgroupLimits* current) con
       }
       return s;
     }
-    if (has_memsw && !raise) CN_RETURN_IF_ERROR(WriteSysFile(memsw, want));
+    if (has_memsw && !raise) CN_RETURN_IF_ERROR(WriteLimit(memsw, want, live));
   }
   if (cpu) {
     std::string dir = Dir("cpu");
@@ -262,13 +339,13 @@ Status Cgroup::SetLimits(const CgroupLimits& l, const CgroupLimits* current) con
     if (current == nullptr) {
       CN_RETURN_IF_ERROR(WriteSysFile(dir + "/cpu.cfs_period_us", std::to_string(kCpuPeriodUs)));
     }
-    CN_RETURN_IF_ERROR(
-        WriteSysFile(dir + "/cpu.cfs_quota_us",
-                     l.cpu_percent == 0 ? "-1" : std::to_string(l.cpu_percent * 1000)));
+    CN_RETURN_IF_ERROR(WriteLimit(dir + "/cpu.cfs_quota_us",
+                                  l.cpu_percent == 0 ? "-1" : std::to_string(l.cpu_percent * 1000),
+                                  live));
   }
   if (pids) {
-    CN_RETURN_IF_ERROR(WriteSysFile(Dir("pids") + "/pids.max",
-                                    l.pids_max == 0 ? "max" : std::to_string(l.pids_max)));
+    CN_RETURN_IF_ERROR(WriteLimit(Dir("pids") + "/pids.max",
+                                  l.pids_max == 0 ? "max" : std::to_string(l.pids_max), live));
   }
   return Status::Ok();
 }
@@ -405,6 +482,7 @@ Status Cgroup::KillAll() const {
 }
 
 Status Cgroup::Remove() const {
+  if (files_ != nullptr) files_->CloseAll();
   for (const std::string& d : dirs_) {
     if (rmdir(d.c_str()) != 0 && errno != ENOENT) {
       if (errno == EBUSY) return Status::Busy("cgroup " + d + " still has processes");

@@ -19,8 +19,9 @@
 // memory.max_usage_in_bytes), OOM kills (v2 memory.events oom_kill; v1 memory.oom_control
 // oom_kill), pids.current.
 //
-// Thread-safety: Cgroup is an immutable value (paths); its methods do file I/O only and may be
-// called from any thread. Concurrent SetLimits on one group race like two shell writers would.
+// Thread-safety: Cgroup is a value (paths, plus write handles on its limit files that its copies
+// share, guarded inside); its methods do file I/O only and may be called from any thread.
+// Concurrent SetLimits on one group race like two shell writers would.
 #ifndef CONSTELLATION_NODE_RUNTIME_CGROUP_H_
 #define CONSTELLATION_NODE_RUNTIME_CGROUP_H_
 
@@ -29,6 +30,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,6 +100,7 @@ class Cgroup {
   // to die.
   Status KillAll() const;
   // Removes the group (rmdir in every hierarchy). Busy while processes remain; missing is fine.
+  // Closes the limit files' handles first.
   Status Remove() const;
   // v2: an O_DIRECTORY fd for clone3(CLONE_INTO_CGROUP); the caller closes it. NotSupported on v1.
   Result<int> OpenDirFd() const;
@@ -109,18 +112,22 @@ class Cgroup {
 
  private:
   Cgroup(CgroupVersion version, std::string path, std::vector<std::string> dirs,
-         std::map<std::string, std::string> by_controller)
-      : version_(version),
-        path_(std::move(path)),
-        dirs_(std::move(dirs)),
-        by_controller_(std::move(by_controller)) {}
+         std::map<std::string, std::string> by_controller);
   // The group's directory for `controller` ("" when that controller is not mounted).
   std::string Dir(const std::string& controller) const;
+  // A live limit change writes through handles kept open (LimitFiles), one write(2) rather than
+  // an open, a path walk and a close; the first write of a file and writes past the process-wide
+  // bound on kept handles go through WriteSysFile.
+  Status WriteLimit(const std::string& path, std::string_view value, bool keep) const;
+  bool HasMemsw() const;
+
+  struct LimitFiles;
 
   CgroupVersion version_ = CgroupVersion::kV2;
   std::string path_;
   std::vector<std::string> dirs_;
   std::map<std::string, std::string> by_controller_;  // v1: controller -> group dir
+  std::shared_ptr<LimitFiles> files_;
 };
 
 // Validates a group path: relative, components of [A-Za-z0-9_.-], no "." or "..".

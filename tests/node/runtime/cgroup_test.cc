@@ -104,6 +104,15 @@ TEST_CASE("cgroup: SetLimits with the current limits writes only what changed") 
     b = next;
   }
   REQUIRE(pids() == "7");
+  // Removed and made again behind its back: the handles kept for live changes are stale, and the
+  // write still lands in the new group.
+  for (const std::string& d : cg->dirs()) REQUIRE(rmdir(d.c_str()) == 0);
+  REQUIRE(Cgroup::Create(*layout, TestCgroupPath("delta")).ok());
+  CgroupLimits c = b;
+  c.memory_bytes = 40 << 20;
+  REQUIRE(cg->SetLimits(c, &b).ok());
+  CHECK(memory() == std::to_string(40 << 20));
+  b = c;
   // Without `current` everything is written again.
   REQUIRE(cg->SetLimits(b).ok());
   REQUIRE(pids() == "20");
