@@ -30,7 +30,11 @@ struct FuseFrontOptions {
   // kernel update them at once, changes from other nodes invalidate them (ClusterFs::OnFsChanges),
   // so the timeout only bounds staleness when an invalidation was dropped.
   double cluster_cache_timeout_s = 1;
-  int max_idle_threads = 16;
+  // libfuse's worker threads: at most max_threads; idle ones beyond max_idle_threads exit. Equal,
+  // so that bursts of requests do not create and destroy threads (a control write answered later,
+  // from the commit, frees its worker at once: 64 writers made libfuse start and end threads
+  // all the time with 16).
+  int max_idle_threads = 64;
   unsigned max_threads = 64;
 };
 
