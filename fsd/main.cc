@@ -399,6 +399,27 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
              "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
              std::to_string(c.malformed) + "\n";
     };
+    to.join = [&replica, &cluster_node, &f](const std::string& addr,
+                                            const std::string& token) -> Status {
+      std::optional<NodeRecord> before = (*replica)->state().GetNode(f.name);
+      CN_RETURN_IF_ERROR(cluster_node->JoinCluster(addr, token));
+      // This node's record in the cluster it joined, as at start, with the labels it had.
+      Command node;
+      node.type = CommandType::kNodeUpdate;
+      node.object = f.name;
+      node.value = NodeInfo(f);
+      Status s = (*replica)->Propose(node);
+      if (s.ok() && before && !before->labels.empty()) {
+        Command labels;
+        labels.type = CommandType::kNodeSetLabels;
+        labels.object = f.name;
+        for (const std::string& l : before->labels) labels.value += l + "\n";
+        s = (*replica)->Propose(labels);
+      }
+      if (!s.ok())
+        return Status(s.code(), "joined, but recording this node failed: " + s.message());
+      return Status::Ok();
+    };
     to.node_state = [&cluster_node](const std::string& n) { return cluster_node->NodeState(n); };
     to.nodes_alive = [&cluster_node]() { return cluster_node->NodesAlive(); };
   }
