@@ -51,9 +51,12 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     node is a cluster of one that nothing can join
   --bootstrap       start a new cluster (the default without --join); prints the join token, also
                     kept in DATA/join_token (mode 0600)
-  --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member)
+  --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member).
+                    A running node started without it joins later, while its own cluster is still
+                    empty, with `echo join HOST:PORT TOKEN > MOUNT/constellation/ctl`
   --token TOKEN     the join token that node printed
-  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60)
+  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60; also
+                    for `echo join`)
   --key FILE        this node's key pair (from `constellation keygen`; default: DATA/node.key,
                     made at first start)
   --swim NAME=VALUE SWIM failure-detector timing (repeatable; with --bind). Defaults detect a
