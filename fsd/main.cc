@@ -380,6 +380,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     ready("cannot start cluster/: " + s.message());
     return 1;
   }
+  std::atomic<fuse_session*> session{nullptr};  // once mounted
   ControlTreeOptions to;
   to.replica = replica->get();
   to.node_name = f.name;
@@ -402,10 +403,14 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
              "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
              std::to_string(c.malformed) + "\n";
     };
-    to.join = [&replica, &cluster_node, &f](const std::string& addr,
-                                            const std::string& token) -> Status {
+    to.join = [&replica, &cluster_node, &f, &session](const std::string& addr,
+                                                      const std::string& token) -> Status {
       std::optional<NodeRecord> before = (*replica)->state().GetNode(f.name);
-      CN_RETURN_IF_ERROR(cluster_node->JoinCluster(addr, token));
+      // A stop (SIGTERM ends the FUSE session) must not wait for the join's timeout.
+      CN_RETURN_IF_ERROR(cluster_node->JoinCluster(addr, token, [&session] {
+        fuse_session* se = session.load();
+        return se != nullptr && fuse_session_exited(se) != 0;
+      }));
       // This node's record in the cluster it joined, as at start, with the labels it had.
       Command node;
       node.type = CommandType::kNodeUpdate;
@@ -449,6 +454,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     return 1;
   }
   fuse_session* se = (*front)->session();
+  session = se;
   cluster.SetInvalidator(ClusterFs::Invalidator{
       [se](uint64_t ino) { (void)fuse_lowlevel_notify_inval_inode(se, ino, 0, 0); },
       [se](uint64_t parent, const std::string& name) {

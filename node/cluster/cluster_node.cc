@@ -495,7 +495,9 @@ struct ClusterNode::Impl {
 
   // Asks the node at `seed` that issued `t` to admit this node, until it answers or `deadline`.
   // On success the reply's members are known (join_members) and may connect.
-  Result<JoinReply> RequestJoin(const std::string& seed, const JoinToken& t, int64_t deadline) {
+  // `cancelled` (optional) is polled too: the caller gives up (shutting down).
+  Result<JoinReply> RequestJoin(const std::string& seed, const JoinToken& t, int64_t deadline,
+                                const std::function<bool()>& cancelled = {}) {
     CN_ASSIGN_OR_RETURN(std::string seed_join_pub, CurvePublicKey(t.join_secret));
     {
       std::lock_guard<std::mutex> l(mu);
@@ -507,6 +509,7 @@ struct ClusterNode::Impl {
     transport->SetPeerKey(seed, t.server_key, seed_join_pub, t.join_secret);
     JoinRequest req{options.node_name, options.addr, pub};
     std::optional<JoinReply> reply;
+    bool gave_up = false;
     while (!reply && DefaultEnv()->clock->MonotonicMs() < deadline) {
       Status s = transport->Send(seed, EncodeJoinRequest(req));
       if (!s.ok()) CN_LOG(Debug) << "join request: " << s.ToString();
@@ -514,7 +517,8 @@ struct ClusterNode::Impl {
       reply_cv.wait_for(l, std::chrono::milliseconds(kJoinRetryMs),
                         [&] { return join_reply.has_value() || stopping; });
       reply = join_reply;
-      if (stopping) break;
+      gave_up = stopping || (cancelled && cancelled());
+      if (gave_up) break;
     }
     {
       std::lock_guard<std::mutex> l(mu);
@@ -522,6 +526,7 @@ struct ClusterNode::Impl {
       join_members.clear();
       peer_keys.erase(seed);
     }
+    if (!reply && gave_up) return Status::Unavailable("stopped while joining");
     if (!reply) {
       return Status(Code::kTimedOut,
                     "no answer to the join request from " + seed + " within " +
@@ -537,8 +542,11 @@ struct ClusterNode::Impl {
 
   // Waits until this node has applied its own admission: then it has caught up with the log as
   // it was when it was admitted.
-  Status CatchUp(Replica* r, int64_t deadline) {
+  Status CatchUp(Replica* r, int64_t deadline, const std::function<bool()>& cancelled = {}) {
     while (!r->state().GetMember(options.node_name)) {
+      if (cancelled && cancelled()) {
+        return Status::Unavailable("stopped while catching up; it goes on at the next start");
+      }
       if (DefaultEnv()->clock->MonotonicMs() >= deadline) {
         return Status(Code::kTimedOut,
                       "admitted, but not caught up with the cluster's log within " +
@@ -685,7 +693,8 @@ void ClusterNode::Detach() {
   m.replica = nullptr;
 }
 
-Status ClusterNode::JoinCluster(const std::string& addr, const std::string& token) {
+Status ClusterNode::JoinCluster(const std::string& addr, const std::string& token,
+                                const std::function<bool()>& cancelled) {
   Impl& m = *impl_;
   CN_RETURN_IF_ERROR(ValidateHostPort(addr));
   CN_ASSIGN_OR_RETURN(JoinToken t, ParseJoinToken(token));
@@ -714,7 +723,7 @@ Status ClusterNode::JoinCluster(const std::string& addr, const std::string& toke
   m.raft_paused = true;
   int64_t deadline = DefaultEnv()->clock->MonotonicMs() + m.options.join_timeout_ms;
   CN_LOG(Info) << "joining the cluster of " << addr << " (leaving cluster " << old_cluster << ")";
-  Result<JoinReply> reply = m.RequestJoin(addr, t, deadline);
+  Result<JoinReply> reply = m.RequestJoin(addr, t, deadline, cancelled);
   Status s = reply.status();
   if (s.ok()) {
     s = r->ResetForJoin({{kJoinMembersKey, EncodeMembers(reply->members)}});
@@ -740,7 +749,7 @@ Status ClusterNode::JoinCluster(const std::string& addr, const std::string& toke
   }
   CN_LOG(Info) << "admitted to cluster " << reply->cluster_id << " by " << addr << " ("
                << reply->members.size() << " members); catching up";
-  s = m.CatchUp(r, deadline);
+  s = m.CatchUp(r, deadline, cancelled);
   Status sw = m.StartSwim(r);
   if (!sw.ok()) CN_LOG(Error) << "membership did not start: " << sw.ToString();
   if (s.ok()) CN_LOG(Info) << "joined cluster " << reply->cluster_id;

@@ -42,6 +42,7 @@
 #ifndef CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
 #define CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -110,8 +111,11 @@ class ClusterNode {
   // e.g. a wrong token or address); PermissionDenied (the cluster refused, e.g. the name is
   // taken); Unavailable (the commands in hand did not finish, or shutting down). Once admitted the
   // node belongs to the new cluster for good: TimedOut then means it is still catching up, which
-  // goes on in the background.
-  Status JoinCluster(const std::string& addr, const std::string& token);
+  // goes on in the background. `cancelled`, when set, is polled (about every second): once it
+  // returns true the join gives up with Unavailable (the daemon is stopping; admitted, the node
+  // catches up at its next start).
+  Status JoinCluster(const std::string& addr, const std::string& token,
+                     const std::function<bool()>& cancelled = {});
 
   const std::string& join_token() const;
   std::string token_path() const;
