@@ -101,6 +101,10 @@ finally:
         fail(f"sanitizer report in {lone}/log", c)
     subprocess.run(["rm", "-rf", lone])
 
+# This node's own record is not state that blocks a join; its labels come along.
+if write(c.c(2, "nodes", "n2", "labels"), "zone=a") != 0:
+    fail("labels on node 2", c)
+
 # The join, with readers and writers on node 2's mount meanwhile: they get answers (EAGAIN at
 # worst), never a hang or a crash.
 stop = threading.Event()
@@ -144,6 +148,8 @@ for k in (1, 2):
         fail(f"node {k} lists nodes {nodes(k)}", c)
     if read(c.c(k, "nodes", "n2", "addr")) != addr2 + "\n":
         fail(f"node {k}: n2's addr", c)
+    if read(c.c(k, "nodes", "n2", "labels")) != "zone=a\n":
+        fail(f"node {k}: n2's labels {read(c.c(k, 'nodes', 'n2', 'labels'))!r}", c)
 eventually(lambda: read(c.c(1, "nodes", "n2", "status")) == "alive\n" and
            read(c.c(2, "nodes", "n1", "status")) == "alive\n", "SWIM sees both alive", 20, c)
 
