@@ -34,7 +34,27 @@ constexpr VerbSpec kClusterVerbs[] = {
     {"compact", 0, 0, "compact"},
     {"log-level", 1, 1, "log-level debug|info|warn|error"},
     {"gc", 0, 0, "gc"},
+    {"join", 2, 2, "join HOST:PORT TOKEN"},
 };
+
+// What audit keeps of a constellation/ctl line: a join token admits nodes to a cluster, so only
+// the verb and the address are kept of `join`.
+std::string AuditedClusterCtl(std::string_view line) {
+  size_t start = line.find_first_not_of(" \t");
+  if (start == std::string_view::npos ||
+      (line.substr(start, 5) != "join " && line.substr(start, 5) != "join\t")) {
+    return std::string(line);
+  }
+  std::string out = "join";
+  size_t a = line.find_first_not_of(" \t", start + 4);
+  if (a == std::string_view::npos) return out;
+  size_t e = line.find_first_of(" \t", a);
+  out += " " + std::string(line.substr(a, e == std::string_view::npos ? e : e - a));
+  if (e != std::string_view::npos && line.find_first_not_of(" \t", e) != std::string_view::npos) {
+    out += " (token not recorded)";
+  }
+  return out;
+}
 
 constexpr VerbSpec kInstanceVerbs[] = {
     {"start", 0, 0, "start"},
@@ -527,7 +547,9 @@ void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& 
     a.type = CommandType::kAuditOnly;
     a.op = "write";
     a.path = PathOf(n);
-    a.value = std::string(value);
+    a.value = n.kind == Kind::kCtlFile && f.write == &ControlTree::WriteClusterCtl
+                  ? AuditedClusterCtl(value)
+                  : std::string(value);
     a.result = CodeName(local.code());
     (void)Propose(std::move(a), caller, key);
     SetError(key, local);
@@ -640,9 +662,18 @@ Result<Command> ControlTree::WriteClusterCtl(const Node&, std::string_view value
       if (!options_.collect_garbage) return Status::NotSupported("gc: cluster/ is not served");
       CN_RETURN_IF_ERROR(options_.collect_garbage());
       break;
+    case 3:
+      if (!options_.join) {
+        return Status::InvalidArgument(
+            "join: this node was started without --bind, so no other node could reach it; "
+            "restart it with --bind HOST:PORT");
+      }
+      CN_RETURN_IF_ERROR(options_.join(p.args[0], p.args[1]));
+      break;
   }
   Command c;
   c.type = CommandType::kNoop;  // local verbs change no replicated state; audited all the same
+  c.value = AuditedClusterCtl(value);
   return c;
 }
 

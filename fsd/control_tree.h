@@ -68,6 +68,10 @@ struct ControlTreeOptions {
   std::function<Status(const std::string& level)> set_log_level;
   // `gc`: collects unreferenced chunks of cluster/ now.
   std::function<Status()> collect_garbage;
+  // `join HOST:PORT TOKEN`: this node leaves its own cluster for the cluster of the node at
+  // HOST:PORT (ClusterNode::JoinCluster, then this node's record there). Unset: a node started
+  // without --bind, which no other node could reach.
+  std::function<Status(const std::string& addr, const std::string& token)> join;
   // More `key value` lines for `status` (the cluster's: role, voters, refused connections...).
   std::function<std::string()> cluster_status;
   // This node's liveness view (SWIM) for nodes/<n>/status — "alive", "suspect", "dead", "left",

@@ -51,9 +51,12 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     node is a cluster of one that nothing can join
   --bootstrap       start a new cluster (the default without --join); prints the join token, also
                     kept in DATA/join_token (mode 0600)
-  --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member)
+  --join HOST:PORT  join the cluster of the node at HOST:PORT (with --token; ignored once a member).
+                    A running node started without it joins later, while its own cluster is still
+                    empty, with `echo join HOST:PORT TOKEN > MOUNT/constellation/ctl`
   --token TOKEN     the join token that node printed
-  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60)
+  --join-timeout-s N  give up joining (no answer, or not caught up) after N s (default 60; also
+                    for `echo join`)
   --key FILE        this node's key pair (from `constellation keygen`; default: DATA/node.key,
                     made at first start)
   --swim NAME=VALUE SWIM failure-detector timing (repeatable; with --bind). Defaults detect a
@@ -377,6 +380,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     ready("cannot start cluster/: " + s.message());
     return 1;
   }
+  std::atomic<fuse_session*> session{nullptr};  // once mounted
   ControlTreeOptions to;
   to.replica = replica->get();
   to.node_name = f.name;
@@ -398,6 +402,31 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
              "\naddr " + cluster_node->address() + "\npeers_refused " + std::to_string(c.refused) +
              "\nhandshakes_failed " + std::to_string(c.handshake_failed) + "\nmessages_malformed " +
              std::to_string(c.malformed) + "\n";
+    };
+    to.join = [&replica, &cluster_node, &f, &session](const std::string& addr,
+                                                      const std::string& token) -> Status {
+      std::optional<NodeRecord> before = (*replica)->state().GetNode(f.name);
+      // A stop (SIGTERM ends the FUSE session) must not wait for the join's timeout.
+      CN_RETURN_IF_ERROR(cluster_node->JoinCluster(addr, token, [&session] {
+        fuse_session* se = session.load();
+        return se != nullptr && fuse_session_exited(se) != 0;
+      }));
+      // This node's record in the cluster it joined, as at start, with the labels it had.
+      Command node;
+      node.type = CommandType::kNodeUpdate;
+      node.object = f.name;
+      node.value = NodeInfo(f);
+      Status s = (*replica)->Propose(node);
+      if (s.ok() && before && !before->labels.empty()) {
+        Command labels;
+        labels.type = CommandType::kNodeSetLabels;
+        labels.object = f.name;
+        for (const std::string& l : before->labels) labels.value += l + "\n";
+        s = (*replica)->Propose(labels);
+      }
+      if (!s.ok())
+        return Status(s.code(), "joined, but recording this node failed: " + s.message());
+      return Status::Ok();
     };
     to.node_state = [&cluster_node](const std::string& n) { return cluster_node->NodeState(n); };
     to.nodes_alive = [&cluster_node]() { return cluster_node->NodesAlive(); };
@@ -425,6 +454,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
     return 1;
   }
   fuse_session* se = (*front)->session();
+  session = se;
   cluster.SetInvalidator(ClusterFs::Invalidator{
       [se](uint64_t ino) { (void)fuse_lowlevel_notify_inval_inode(se, ino, 0, 0); },
       [se](uint64_t parent, const std::string& name) {

@@ -121,6 +121,11 @@ struct ClusterNode::Impl {
   std::condition_variable reply_cv;
   std::thread join_worker;
 
+  // A run-time join (JoinCluster): one at a time; while its replica still holds the old cluster,
+  // raft messages (from the cluster it joins) are dropped — raft resends them.
+  std::mutex join_op_mu;
+  std::atomic<bool> raft_paused{false};
+
   std::atomic<uint64_t> refused{0};
   std::atomic<uint64_t> malformed{0};
   std::atomic<uint64_t> join_requests{0};
@@ -263,6 +268,7 @@ struct ClusterNode::Impl {
                       << (sender ? "the key of " + sender->name : "an unknown key");
       return;
     }
+    if (raft_paused.load()) return;
     std::shared_lock<std::shared_mutex> l(replica_mu);
     if (replica != nullptr) replica->Deliver(std::move(w->raft));
   }
@@ -334,11 +340,17 @@ struct ClusterNode::Impl {
       to = MemberByName(out.message.to);
     } else {
       // A join push-pull names only the seed's address: the key is that member's.
-      std::shared_lock<std::shared_mutex> l(replica_mu);
-      if (replica != nullptr) {
-        for (const MemberRecord& m : replica->state().ListMembers()) {
-          if (m.addr == out.addr) to = m;
+      {
+        std::shared_lock<std::shared_mutex> l(replica_mu);
+        if (replica != nullptr) {
+          for (const MemberRecord& m : replica->state().ListMembers()) {
+            if (m.addr == out.addr) to = m;
+          }
         }
+      }
+      std::lock_guard<std::mutex> l(mu);
+      for (const auto& [key, m] : join_members) {
+        if (!to && m.addr == out.addr && !m.name.empty()) to = m;
       }
     }
     if (!to) {
@@ -429,23 +441,42 @@ struct ClusterNode::Impl {
     }
   }
 
+  // Starts SWIM (again, after StopSwim), seeded with the other members' addresses: the admitted
+  // ones, and those of a join reply while this node catches up.
   Status StartSwim(Replica* r) {
     membership::Options o = options.swim;
     o.name = options.node_name;
     o.addr = options.addr;
     o.seed = std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32);
-    CN_ASSIGN_OR_RETURN(swim, membership::Membership::New(o, DefaultEnv()->clock->MonotonicMs()));
-    std::vector<std::string> seeds;
+    std::set<std::string> seeds;
     for (const MemberRecord& m : r->state().ListMembers()) {
-      if (m.name != options.node_name && !m.addr.empty()) seeds.push_back(m.addr);
+      if (m.name != options.node_name && !m.addr.empty()) seeds.insert(m.addr);
     }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      for (const auto& [key, m] : join_members) {
+        if (!m.name.empty() && m.name != options.node_name && !m.addr.empty()) {
+          seeds.insert(m.addr);
+        }
+      }
+    }
+    CN_ASSIGN_OR_RETURN(std::unique_ptr<membership::Membership> core,
+                        membership::Membership::New(o, DefaultEnv()->clock->MonotonicMs()));
     if (!seeds.empty()) {
-      CN_RETURN_IF_ERROR(swim->Join(seeds, DefaultEnv()->clock->MonotonicMs()));
+      CN_RETURN_IF_ERROR(core->Join(std::vector<std::string>(seeds.begin(), seeds.end()),
+                                    DefaultEnv()->clock->MonotonicMs()));
     }
     {
       std::lock_guard<std::mutex> vl(view_mu);
-      for (const membership::Member& m : swim->members()) view[m.name] = m.state;
+      view.clear();
+      for (const membership::Member& m : core->members()) view[m.name] = m.state;
     }
+    std::lock_guard<std::mutex> l(swim_mu);
+    swim = std::move(core);
+    swim_queue.clear();
+    swim_stop = false;
+    leave_requested = false;
+    leave_done = false;
     swim_thread = std::thread([this, events = r->events()] {
       SetThreadName("cn-swim");
       RunSwim(events);
@@ -453,63 +484,96 @@ struct ClusterNode::Impl {
     return Status::Ok();
   }
 
-  Status Join(Replica* r) {
-    CN_ASSIGN_OR_RETURN(JoinToken t, ParseJoinToken(options.token));
+  void StopSwim() {
+    std::thread t;
+    {
+      std::lock_guard<std::mutex> l(swim_mu);
+      swim_stop = true;
+      leave_done = true;
+      t = std::move(swim_thread);
+    }
+    swim_cv.notify_all();
+    leave_cv.notify_all();
+    if (t.joinable()) t.join();
+  }
+
+  // Asks the node at `seed` that issued `t` to admit this node, until it answers or `deadline`.
+  // On success the reply's members are known (join_members) and may connect.
+  // `cancelled` (optional) is polled too: the caller gives up (shutting down).
+  Result<JoinReply> RequestJoin(const std::string& seed, const JoinToken& t, int64_t deadline,
+                                const std::function<bool()>& cancelled = {}) {
     CN_ASSIGN_OR_RETURN(std::string seed_join_pub, CurvePublicKey(t.join_secret));
     {
       std::lock_guard<std::mutex> l(mu);
       seed_key = t.server_key;
-      join_members[t.server_key] = MemberRecord{"", t.server_key, options.join};
+      join_members[t.server_key] = MemberRecord{"", t.server_key, seed};
       join_reply.reset();
-      peer_keys[options.join] = {t.server_key, seed_join_pub};
+      peer_keys[seed] = {t.server_key, seed_join_pub};
     }
-    transport->SetPeerKey(options.join, t.server_key, seed_join_pub, t.join_secret);
+    transport->SetPeerKey(seed, t.server_key, seed_join_pub, t.join_secret);
     JoinRequest req{options.node_name, options.addr, pub};
-    int64_t deadline = DefaultEnv()->clock->MonotonicMs() + options.join_timeout_ms;
     std::optional<JoinReply> reply;
+    bool gave_up = false;
     while (!reply && DefaultEnv()->clock->MonotonicMs() < deadline) {
-      Status s = transport->Send(options.join, EncodeJoinRequest(req));
+      Status s = transport->Send(seed, EncodeJoinRequest(req));
       if (!s.ok()) CN_LOG(Debug) << "join request: " << s.ToString();
       std::unique_lock<std::mutex> l(mu);
       reply_cv.wait_for(l, std::chrono::milliseconds(kJoinRetryMs),
                         [&] { return join_reply.has_value() || stopping; });
       reply = join_reply;
-      if (stopping) break;
+      gave_up = stopping || (cancelled && cancelled());
+      if (gave_up) break;
     }
     {
       std::lock_guard<std::mutex> l(mu);
       seed_key.clear();
       join_members.clear();
-      peer_keys.erase(options.join);
+      peer_keys.erase(seed);
     }
+    if (!reply && gave_up) return Status::Unavailable("stopped while joining");
     if (!reply) {
-      return Status::Unavailable("no answer to the join request from " + options.join + " within " +
-                                 std::to_string(options.join_timeout_ms / 1000) +
-                                 " s (is the address right, and the token the one it printed?)");
+      return Status(Code::kTimedOut,
+                    "no answer to the join request from " + seed + " within " +
+                        std::to_string((options.join_timeout_ms + 999) / 1000) +
+                        " s (is the address right, and the token the one it printed?)");
     }
     if (!reply->ok)
-      return Status::PermissionDenied("join refused by " + options.join + ": " + reply->error);
-    {
-      std::lock_guard<std::mutex> l(mu);
-      for (const MemberRecord& m : reply->members) join_members[m.key] = m;
-    }
-    KvStore::Batch b;
-    b.Put(kJoinMembersKey, EncodeMembers(reply->members));
-    CN_RETURN_IF_ERROR(r->store()->Write(b, /*sync=*/true));
-    CN_LOG(Info) << "admitted to cluster " << reply->cluster_id << " by " << options.join << " ("
-                 << reply->members.size() << " members); catching up";
-    // Caught up once this node has applied its own admission.
+      return Status::PermissionDenied("join refused by " + seed + ": " + reply->error);
+    std::lock_guard<std::mutex> l(mu);
+    for (const MemberRecord& m : reply->members) join_members[m.key] = m;
+    return *reply;
+  }
+
+  // Waits until this node has applied its own admission: then it has caught up with the log as
+  // it was when it was admitted.
+  Status CatchUp(Replica* r, int64_t deadline, const std::function<bool()>& cancelled = {}) {
     while (!r->state().GetMember(options.node_name)) {
+      if (cancelled && cancelled()) {
+        return Status::Unavailable("stopped while catching up; it goes on at the next start");
+      }
       if (DefaultEnv()->clock->MonotonicMs() >= deadline) {
-        return Status::Unavailable("admitted, but not caught up with the cluster's log within " +
-                                   std::to_string(options.join_timeout_ms / 1000) +
-                                   " s; it keeps trying in the background");
+        return Status(Code::kTimedOut,
+                      "admitted, but not caught up with the cluster's log within " +
+                          std::to_string((options.join_timeout_ms + 999) / 1000) +
+                          " s; it keeps trying in the background");
       }
       std::unique_lock<std::mutex> l(mu);
       reply_cv.wait_for(l, std::chrono::milliseconds(50), [&] { return stopping; });
       if (stopping) return Status::Unavailable("stopped while joining");
     }
     return Status::Ok();
+  }
+
+  Status Join(Replica* r) {
+    CN_ASSIGN_OR_RETURN(JoinToken t, ParseJoinToken(options.token));
+    int64_t deadline = DefaultEnv()->clock->MonotonicMs() + options.join_timeout_ms;
+    CN_ASSIGN_OR_RETURN(JoinReply reply, RequestJoin(options.join, t, deadline));
+    KvStore::Batch b;
+    b.Put(kJoinMembersKey, EncodeMembers(reply.members));
+    CN_RETURN_IF_ERROR(r->store()->Write(b, /*sync=*/true));
+    CN_LOG(Info) << "admitted to cluster " << reply.cluster_id << " by " << options.join << " ("
+                 << reply.members.size() << " members); catching up";
+    return CatchUp(r, deadline);
   }
 };
 
@@ -571,7 +635,8 @@ Status ClusterNode::Attach(Replica* replica) {
   Impl& m = *impl_;
   // Members a join reply listed, kept until this node has caught up.
   std::string v;
-  if (replica->store()->Get(kJoinMembersKey, &v).ok()) {
+  bool admitted = replica->store()->Get(kJoinMembersKey, &v).ok();
+  if (admitted) {
     Result<WireMessage> w = DecodeWire(v);
     if (w.ok() && w->kind == WireKind::kJoinReply) {
       std::lock_guard<std::mutex> l(m.mu);
@@ -589,10 +654,16 @@ Status ClusterNode::Attach(Replica* replica) {
   ReplicaStatus st = replica->GetStatus();
   bool member = !st.voters.empty() || !st.learners.empty();
   if (!member) {
-    if (m.options.join.empty()) {
+    if (!m.options.join.empty()) {
+      CN_RETURN_IF_ERROR(m.Join(replica));
+    } else if (admitted) {
+      // Admitted (by --join or a `join` verb) before it stopped: it only has to catch up.
+      CN_LOG(Info) << "admitted to a cluster before; catching up";
+      CN_RETURN_IF_ERROR(
+          m.CatchUp(replica, DefaultEnv()->clock->MonotonicMs() + m.options.join_timeout_ms));
+    } else {
       return Status::InvalidArgument("this data dir was made to join a cluster; start with --join");
     }
-    CN_RETURN_IF_ERROR(m.Join(replica));
   } else {
     if (!m.options.join.empty()) {
       CN_LOG(Info) << "already a member of cluster " << st.cluster_id << "; --join ignored";
@@ -623,16 +694,73 @@ void ClusterNode::Detach() {
   m.join_cv.notify_all();
   m.reply_cv.notify_all();
   if (m.join_worker.joinable()) m.join_worker.join();
-  {
-    std::lock_guard<std::mutex> l(m.swim_mu);
-    m.swim_stop = true;
-    m.leave_done = true;
-  }
-  m.swim_cv.notify_all();
-  m.leave_cv.notify_all();
-  if (m.swim_thread.joinable()) m.swim_thread.join();
+  { std::lock_guard<std::mutex> op(m.join_op_mu); }  // a JoinCluster gives up (stopping) and ends
+  m.StopSwim();
   std::unique_lock<std::shared_mutex> l(m.replica_mu);
   m.replica = nullptr;
+}
+
+Status ClusterNode::JoinCluster(const std::string& addr, const std::string& token,
+                                const std::function<bool()>& cancelled) {
+  Impl& m = *impl_;
+  CN_RETURN_IF_ERROR(ValidateHostPort(addr));
+  CN_ASSIGN_OR_RETURN(JoinToken t, ParseJoinToken(token));
+  if (t.server_key == m.pub) {
+    return Status::InvalidArgument(
+        "join: that is this node's own token (use the token of a node "
+        "in the cluster to join, from its DATA/join_token)");
+  }
+  std::unique_lock<std::mutex> op(m.join_op_mu, std::try_to_lock);
+  if (!op.owns_lock()) return Status::Busy("a join is already in progress on this node");
+  Replica* r;
+  {
+    std::shared_lock<std::shared_mutex> l(m.replica_mu);
+    r = m.replica;
+  }
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (r == nullptr || m.stopping) return Status::Unavailable("this node is not serving");
+  }
+  // The replica lives until Detach, which waits for this call (join_op_mu).
+  std::string old_cluster = r->GetStatus().cluster_id;
+  CN_RETURN_IF_ERROR(r->PrepareJoin());
+  // From here until the switch, this node must not gossip or take raft messages as a member of
+  // the old cluster with the new cluster's members.
+  m.StopSwim();
+  m.raft_paused = true;
+  int64_t deadline = DefaultEnv()->clock->MonotonicMs() + m.options.join_timeout_ms;
+  CN_LOG(Info) << "joining the cluster of " << addr << " (leaving cluster " << old_cluster << ")";
+  Result<JoinReply> reply = m.RequestJoin(addr, t, deadline, cancelled);
+  Status s = reply.status();
+  if (s.ok()) {
+    s = r->ResetForJoin({{kJoinMembersKey, EncodeMembers(reply->members)}});
+    if (!s.ok()) {
+      CN_LOG(Error) << "admitted by " << addr << " but could not leave cluster " << old_cluster
+                    << " (it stays there; the other cluster holds this node as a member that "
+                       "never comes): "
+                    << s.ToString();
+    }
+  }
+  m.raft_paused = false;
+  if (!s.ok()) {
+    {
+      std::lock_guard<std::mutex> l(m.mu);
+      m.join_members.clear();
+    }
+    r->CancelJoin();
+    Status sw = m.StartSwim(r);
+    if (!sw.ok()) CN_LOG(Error) << "membership did not restart: " << sw.ToString();
+    CN_LOG(Warning) << "join through " << addr << " failed; still in cluster " << old_cluster
+                    << ": " << s.ToString();
+    return s;
+  }
+  CN_LOG(Info) << "admitted to cluster " << reply->cluster_id << " by " << addr << " ("
+               << reply->members.size() << " members); catching up";
+  s = m.CatchUp(r, deadline, cancelled);
+  Status sw = m.StartSwim(r);
+  if (!sw.ok()) CN_LOG(Error) << "membership did not start: " << sw.ToString();
+  if (s.ok()) CN_LOG(Info) << "joined cluster " << reply->cluster_id;
+  return s;
 }
 
 const std::string& ClusterNode::join_token() const { return impl_->token; }
@@ -673,6 +801,22 @@ void ClusterNode::Leave() {
   // The thread ends the wait by leave_timeout_ms; the margin covers a slow round.
   m.leave_cv.wait_for(l, std::chrono::milliseconds(m.options.leave_timeout_ms + 1000),
                       [&] { return m.leave_done; });
+}
+
+Status ValidateHostPort(std::string_view addr) {
+  size_t colon = addr.rfind(':');
+  std::string_view host = colon == std::string_view::npos ? "" : addr.substr(0, colon);
+  std::string_view port = colon == std::string_view::npos ? "" : addr.substr(colon + 1);
+  bool port_ok = !port.empty() && port.size() <= 5 &&
+                 port.find_first_not_of("0123456789") == std::string_view::npos &&
+                 std::stoi(std::string(port)) >= 1 && std::stoi(std::string(port)) <= 65535;
+  if (host.empty() || host.size() > 253 || !port_ok ||
+      host.find_first_of(" \t/") != std::string_view::npos) {
+    return Status::InvalidArgument(
+        Quoted(addr.substr(0, 64)) +
+        " is not HOST:PORT (a host name or address, and a port 1..65535)");
+  }
+  return Status::Ok();
 }
 
 Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o) {

@@ -19,6 +19,15 @@
 // snapshot when the log is compacted), and promotes it while the cluster has fewer than 3 (or 5)
 // voters.
 //
+// Joining at run time (JoinCluster, `echo join HOST:PORT TOKEN > constellation/ctl`): a node whose
+// own cluster holds nothing but itself (Replica::PrepareJoin: new commands wait meanwhile) stops
+// SWIM and stops feeding raft messages to its replica, asks to join as above and, once admitted,
+// has the replica discard its own cluster (Replica::ResetForJoin, one synced write that also keeps
+// the join reply's member list), then catches up and starts SWIM with the new members. Refused,
+// or without an answer, it opens the gate again and its cluster is as it was. The join reply's
+// member list in the store makes a node admitted but not yet caught up resume catching up at its
+// next start, with or without --join.
+//
 // Liveness (SWIM, node/membership): once attached, one thread drives a membership::Membership
 // core — its messages travel as WireKind::kMembership over the same CURVE transport (a sender
 // must hold the key of the member it names), it joins through the other admitted members'
@@ -33,6 +42,7 @@
 #ifndef CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
 #define CONSTELLATION_NODE_CLUSTER_CLUSTER_NODE_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -63,6 +73,9 @@ struct ClusterNodeOptions {
 // (the combination is checked again by Start, with membership::Options::Validate).
 Status ParseSwimFlag(std::string_view name_value, ClusterNodeOptions* o);
 
+// InvalidArgument unless `addr` is HOST:PORT with a non-empty host (no blanks) and a port 1..65535.
+Status ValidateHostPort(std::string_view addr);
+
 // Statistics for constellation/status.
 struct ClusterCounters {
   uint64_t refused = 0;           // connections and messages refused (not admitted, spoofed)
@@ -86,8 +99,23 @@ class ClusterNode {
   // With the replica open: a bootstrapped node admits itself (its key and address); a joining
   // node that is not yet a member joins through options.join and waits until it has caught up.
   Status Attach(Replica* replica);
-  // Stops delivering to the replica and serving joins (before the replica is destroyed).
+  // Stops delivering to the replica and serving joins (before the replica is destroyed); waits
+  // for a JoinCluster in progress, which it makes give up.
   void Detach();
+
+  // With the replica attached: leaves this node's own cluster for the cluster of the node at
+  // `addr` (host:port) that issued `token`, and returns once admitted and caught up (bounded by
+  // join_timeout_ms). Nothing changes when it fails with: InvalidArgument (a malformed address or
+  // token, or this node's own token); Busy (this node's cluster holds more than itself — see
+  // Replica::CheckAlone — or a join is already in progress); TimedOut (no answer from `addr`,
+  // e.g. a wrong token or address); PermissionDenied (the cluster refused, e.g. the name is
+  // taken); Unavailable (the commands in hand did not finish, or shutting down). Once admitted the
+  // node belongs to the new cluster for good: TimedOut then means it is still catching up, which
+  // goes on in the background. `cancelled`, when set, is polled (about every second): once it
+  // returns true the join gives up with Unavailable (the daemon is stopping; admitted, the node
+  // catches up at its next start).
+  Status JoinCluster(const std::string& addr, const std::string& token,
+                     const std::function<bool()>& cancelled = {});
 
   const std::string& join_token() const;
   std::string token_path() const;

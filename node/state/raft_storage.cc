@@ -84,6 +84,10 @@ Result<std::unique_ptr<KvRaftStorage>> KvRaftStorage::Open(KvStore* kv,
   return s;
 }
 
+void KvRaftStorage::StageNew(const raft::Config& initial, KvStore::Batch* batch) {
+  batch->Put(kSnapKey, raft::EncodeSnapshotMeta(raft::SnapshotMeta{0, 0, initial, 0}));
+}
+
 Status KvRaftStorage::Load(const raft::Config& initial) {
   std::string v;
   Status s = kv_->Get(keys::kHardState, &v);

@@ -76,6 +76,10 @@ class KvRaftStorage : public raft::RaftStorage {
 
   const raft::SnapshotMeta& snapshot_meta() const { return snap_; }
 
+  // Stages what Open writes into a new store: no log, no snapshot, configuration `initial`. For a
+  // store emptied in the same batch (Replica::ResetForJoin), which must not count as new.
+  static void StageNew(const raft::Config& initial, KvStore::Batch* batch);
+
   // Stages a snapshot of `kv`'s replicated keys as they are now, named (index, term, config), and
   // its metadata; returns the metadata. For the format-1 upgrade, which has no storage yet.
   static Result<raft::SnapshotMeta> StageStoreSnapshot(KvStore* kv, uint64_t index, uint64_t term,

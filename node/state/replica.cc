@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -148,6 +149,14 @@ struct Replica::Impl {
   std::condition_variable sync_cv;    // to the syncer: work
   std::condition_variable synced_cv;  // from the syncer: progress
   bool compact_requested = false;
+  // Joining another cluster (PrepareJoin, ResetForJoin): the gate refuses new commands; the
+  // requests are handled by the agent between rounds. sync_epoch counts resets, so a sync of the
+  // old log never counts for the new one.
+  bool join_gate = false;
+  std::shared_ptr<Waiter> prepare_request;
+  std::shared_ptr<Waiter> reset_request;
+  std::map<std::string, std::string> reset_local;
+  uint64_t sync_epoch = 0;
   // A mirror of raft's state for GetStatus.
   uint64_t term = 0;
   uint64_t commit_index = 0;
@@ -195,6 +204,147 @@ struct Replica::Impl {
         env(o.env ? o.env : DefaultEnv()),
         state(StateMachineOptions{o.audit_keep, o.on_instance_changes, o.on_fs_changes}),
         events(o.event_capacity) {}
+
+  // Raft over `store`, which has applied up to `applied`.
+  Result<std::unique_ptr<raft::Raft>> NewRaft(KvRaftStorage* store, uint64_t applied) {
+    raft::RaftOptions ro;
+    ro.id = options.node_name;
+    ro.storage = store;
+    ro.applied = applied;
+    ro.election_ticks = options.election_ticks;
+    ro.heartbeat_ticks = 1;
+    ro.seed = env->random->Next();
+    ro.max_entry_bytes = kMaxCommandValueBytes + 6 * kMaxCommandNameBytes + 64;
+    return raft::Raft::New(ro);
+  }
+
+  // Replica::CheckAlone's rule, for configuration `c`.
+  Status CheckAlone(const raft::Config& c) const {
+    const std::string& self = options.node_name;
+    std::set<std::string> others;
+    for (const std::string& n : c.voters) others.insert(n);
+    for (const std::string& n : c.learners) others.insert(n);
+    for (const MemberRecord& m : state.ListMembers()) others.insert(m.name);
+    for (const std::string& n : state.ListNodes()) others.insert(n);
+    others.erase(self);
+    if (!others.empty()) {
+      std::string names;
+      for (const std::string& n : others) names += (names.empty() ? "" : ", ") + n;
+      return Status::Busy("this node is already in a cluster with other nodes (" + names +
+                          "); join needs a fresh node");
+    }
+    if (c.voters.size() != 1 || c.voters[0] != self) {
+      return Status::Busy(
+          "this node has no cluster of its own (it is joining one); join needs a "
+          "fresh node");
+    }
+    std::vector<std::string> instances = state.ListInstances();
+    if (!instances.empty()) {
+      return Status::Busy("this node's cluster has state (" + std::to_string(instances.size()) +
+                          " instances, e.g. " + instances[0] + "); join needs a fresh node");
+    }
+    size_t inodes = 0;
+    std::string root = std::string("f/i/") + BigEndian64(kFsRootIno);
+    CN_RETURN_IF_ERROR(kv->Scan("f/i/", "f/i0", [&](std::string_view k, std::string_view) {
+      inodes += k != root ? 1 : 0;
+      return true;
+    }));
+    if (inodes > 0) {
+      return Status::Busy("this node's cluster has state (" + std::to_string(inodes) +
+                          " files or directories in cluster/); join needs a fresh node");
+    }
+    return Status::Ok();
+  }
+
+  // The agent's side of PrepareJoin and ResetForJoin, between rounds.
+  void HandleJoinRequests() {
+    std::shared_ptr<Waiter> prepare, reset;
+    std::map<std::string, std::string> local;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (prepare_request && Quiet()) prepare = std::move(prepare_request);
+      if (reset_request) {
+        reset = std::move(reset_request);
+        local = std::move(reset_local);
+      }
+    }
+    if (prepare) Wake(prepare, CheckAlone(raft->config()));
+    if (reset) Wake(reset, ResetNow(local));
+  }
+
+  // Nothing in hand: no command queued, held, in flight or waiting to be applied (mu held).
+  bool Quiet() const {
+    return pending.empty() && held.empty() && inflight.empty() && unapplied.empty() &&
+           !raft->HasReady();
+  }
+
+  Status ResetNow(const std::map<std::string, std::string>& local) {
+    CN_RETURN_IF_ERROR(CheckAlone(raft->config()));
+    KvStore::Batch b;
+    std::vector<std::string> doomed;
+    CN_RETURN_IF_ERROR(kv->Scan("", "", [&](std::string_view k, std::string_view) {
+      if (k != keys::kFormat && k.substr(0, 2) != keys::kLocalPrefix) doomed.emplace_back(k);
+      return true;
+    }));
+    for (const std::string& k : doomed) b.Delete(k);
+    // Written, not left to KvRaftStorage::Open: a store without it would bootstrap anew.
+    KvRaftStorage::StageNew(raft::Config{}, &b);
+    for (const auto& [k, v] : local) {
+      if (k.substr(0, 2) != keys::kLocalPrefix) {
+        return Status::InvalidArgument("ResetForJoin: " + k + " is not a local key");
+      }
+      b.Put(k, v);
+    }
+    std::string old_cluster = state.cluster_id();
+    CN_RETURN_IF_ERROR(kv->Write(b, /*sync=*/true));
+    // From here the store is the new one; the objects over it follow.
+    Result<std::unique_ptr<KvRaftStorage>> st = KvRaftStorage::Open(kv.get(), raft::Config{});
+    CN_CHECK(st.ok()) << "reopening the raft storage after the reset: " << st.status().ToString();
+    Result<std::unique_ptr<raft::Raft>> r = NewRaft(st->get(), 0);
+    CN_CHECK(r.ok()) << "a new raft after the reset: " << r.status().ToString();
+    raft = std::move(r).value();
+    storage = std::move(st).value();
+    Status load = state.Load(kv.get());
+    CN_CHECK(load.ok()) << "loading the state after the reset: " << load.ToString();
+    // What waited belonged to the old cluster.
+    Status gone =
+        Status::Unavailable("this node left its cluster to join another; retry once it has joined");
+    std::vector<uint64_t> ids;
+    for (const Held& h : held) ids.push_back(h.id);
+    for (const auto& [id, f] : inflight) ids.push_back(id);
+    held.clear();
+    inflight.clear();
+    std::vector<std::shared_ptr<Waiter>> readers;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      for (const Pending& p : pending) ids.push_back(p.command.request_id);
+      pending.clear();
+      for (auto& [id, w] : read_waiters) readers.push_back(std::move(w));
+      read_waiters.clear();
+      new_reads.clear();
+      inbound.clear();
+      inbound_bytes = 0;
+      written_index = synced_index = 0;
+      ++sync_epoch;
+      compact_requested = false;
+      join_gate = false;
+    }
+    for (uint64_t id : ids) Finish(id, gone);
+    for (const auto& w : readers) Wake(w, gone);
+    reads.clear();
+    unapplied.clear();
+    deferred_indexes.clear();
+    apply_backoff_ms = 0;
+    durable_hs = storage->InitialHardState();
+    last_leader.clear();
+    synced_cv.notify_all();
+    if (options.on_fs_changes) options.on_fs_changes({}, /*reset=*/true);
+    UpdateStatus();
+    applied_cv.notify_all();
+    CN_LOG(Info) << "left cluster " << old_cluster
+                 << " to join another: its log and state are discarded";
+    return Status::Ok();
+  }
 
   bool HasWaiter(uint64_t id) {
     std::lock_guard<std::mutex> l(mu);
@@ -658,7 +808,8 @@ struct Replica::Impl {
         std::unique_lock<std::mutex> l(mu);
         work_cv.wait_for(l, std::chrono::milliseconds(options.tick_ms), [&] {
           return stopping || !pending.empty() || !inbound.empty() || !new_reads.empty() ||
-                 raft->HasReady() || !unapplied.empty() || compact_requested;
+                 raft->HasReady() || !unapplied.empty() || compact_requested || reset_request ||
+                 (prepare_request && Quiet());
         });
         while (!pending.empty() && batch.size() < options.max_batch) {
           batch.push_back(std::move(pending.front()));
@@ -694,6 +845,7 @@ struct Replica::Impl {
       ApplyUnapplied();
       for (size_t i = 0; i < kReadyRounds && raft->HasReady(); ++i) HandleReady();
       MaybeCompact();
+      HandleJoinRequests();
       if (stop && !raft->HasReady() && unapplied.empty()) return;
     }
   }
@@ -704,7 +856,7 @@ struct Replica::Impl {
   void SyncLoop() {
     int64_t backoff_ms = 0;
     for (;;) {
-      uint64_t target;
+      uint64_t target, epoch;
       {
         std::unique_lock<std::mutex> l(mu);
         syncer_idle = true;
@@ -714,12 +866,13 @@ struct Replica::Impl {
         sync_cv.wait_for(l, std::chrono::milliseconds(kSyncGatherMs),
                          [&] { return syncer_stopping || sync_barriers > 0; });
         target = written_index;
+        epoch = sync_epoch;
       }
       Status s = kv->Sync();
       {
         std::lock_guard<std::mutex> l(mu);
         if (s.ok()) {
-          synced_index = std::max(synced_index, target);
+          if (epoch == sync_epoch) synced_index = std::max(synced_index, target);
         } else {
           ++sync_failures;
           sync_error = s;
@@ -759,20 +912,13 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   raft::Config initial;
   if (!options.join) initial.voters = {options.node_name};
   CN_ASSIGN_OR_RETURN(m.storage, KvRaftStorage::Open(m.kv.get(), initial));
-  raft::RaftOptions ro;
-  ro.id = options.node_name;
-  ro.storage = m.storage.get();
-  ro.applied = m.state.applied_index();
-  ro.election_ticks = options.election_ticks;
-  ro.heartbeat_ticks = 1;
-  ro.seed = m.env->random->Next();
-  ro.max_entry_bytes = kMaxCommandValueBytes + 6 * kMaxCommandNameBytes + 64;
-  if (ro.applied < m.storage->snapshot_meta().index || ro.applied > m.storage->LastIndex()) {
-    return Status::Corruption("the state machine's applied index " + std::to_string(ro.applied) +
+  uint64_t applied = m.state.applied_index();
+  if (applied < m.storage->snapshot_meta().index || applied > m.storage->LastIndex()) {
+    return Status::Corruption("the state machine's applied index " + std::to_string(applied) +
                               " is outside the log " + std::to_string(m.storage->FirstIndex()) +
                               ".." + std::to_string(m.storage->LastIndex()));
   }
-  CN_ASSIGN_OR_RETURN(m.raft, raft::Raft::New(ro));
+  CN_ASSIGN_OR_RETURN(m.raft, m.NewRaft(m.storage.get(), applied));
   // Request ids grow across restarts, so a retried proposal is told from a new one
   // (StateMachine::LastRequest) and an old entry applied late never answers a new proposer. Each
   // start takes ids from above the floor the last start recorded (a start never uses 2^40 ids),
@@ -809,10 +955,11 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
     return Status::Unavailable("could not apply the log up to " + std::to_string(wait_for) +
                                " within " + std::to_string(options.propose_timeout_ms) + " ms");
   }
-  if (wait_for > ro.applied) {
-    CN_LOG(Info) << "applied log entries " << ro.applied + 1 << ".." << wait_for;
+  if (wait_for > applied) {
+    CN_LOG(Info) << "applied log entries " << applied + 1 << ".." << wait_for;
   }
-  if (!options.join && p->state.cluster_id().empty()) {
+  // A store without a configuration (opened with `join`, now or before) waits for a leader.
+  if (!options.join && sole && p->state.cluster_id().empty()) {
     char id[17];
     snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(p->env->random->Next()));
     Command cmd;
@@ -842,6 +989,9 @@ Replica::~Replica() {
   for (auto* map : {&impl_->waiters, &impl_->read_waiters}) {
     for (auto& [id, w] : *map) Wake(w, Status::Unavailable("daemon is shutting down"));
   }
+  for (auto* w : {&impl_->prepare_request, &impl_->reset_request}) {
+    if (*w) Wake(*w, Status::Unavailable("daemon is shutting down"));
+  }
 }
 
 Status Replica::Propose(Command command, std::string* result, Durability durability) {
@@ -853,6 +1003,10 @@ Status Replica::Propose(Command command, std::string* result, Durability durabil
   {
     std::lock_guard<std::mutex> l(m.mu);
     if (m.stopping) return Status::Unavailable("daemon is shutting down");
+    if (m.join_gate) {
+      return Status::Unavailable(
+          "this node is joining another cluster; retry once the join has finished");
+    }
     if (m.pending.size() >= m.options.max_pending) {
       return Status::Unavailable("commit queue is full (" + std::to_string(m.options.max_pending) +
                                  " proposals waiting); retry");
@@ -887,13 +1041,18 @@ Status Replica::SyncBarrier() {
   std::unique_lock<std::mutex> l(m.mu);
   uint64_t target = m.written_index;
   uint64_t failures = m.sync_failures;
+  uint64_t epoch = m.sync_epoch;
   if (m.synced_index >= target) return Status::Ok();
   ++m.sync_barriers;
   m.sync_cv.notify_one();
   bool done = m.synced_cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms), [&] {
-    return m.synced_index >= target || m.sync_failures != failures;
+    return m.synced_index >= target || m.sync_failures != failures || m.sync_epoch != epoch;
   });
   --m.sync_barriers;
+  // The log waited for was discarded by a join: nothing of it is left to make durable.
+  if (m.sync_epoch != epoch) {
+    return Status::Unavailable("this node left its cluster to join another; retry");
+  }
   if (m.synced_index >= target) return Status::Ok();
   if (!done) {
     return Status::Unavailable("the log was not synced within " +
@@ -929,6 +1088,74 @@ Status Replica::ReadBarrier(int64_t timeout_ms) {
                                " ms: no quorum reachable from this node?");
   }
   return waiter->verdict;
+}
+
+Status Replica::CheckAlone() const {
+  raft::Config c;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    c = impl_->config;
+  }
+  return impl_->CheckAlone(c);
+}
+
+Status Replica::PrepareJoin() {
+  Impl& m = *impl_;
+  auto w = std::make_shared<Waiter>();
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.stopping) return Status::Unavailable("daemon is shutting down");
+    if (m.join_gate) return Status::Busy("a join is already in progress on this node");
+  }
+  CN_RETURN_IF_ERROR(CheckAlone());  // the common refusal, without closing the gate
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.join_gate) return Status::Busy("a join is already in progress on this node");
+    m.join_gate = true;
+    m.prepare_request = w;
+  }
+  m.work_cv.notify_one();
+  Status s;
+  {
+    std::unique_lock<std::mutex> l(w->mu);
+    if (w->cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms),
+                       [&] { return w->done; })) {
+      s = w->verdict;
+    } else {
+      s = Status::Unavailable("the commands in hand did not finish within " +
+                              std::to_string(m.options.propose_timeout_ms) + " ms; retry");
+    }
+  }
+  if (!s.ok()) {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.prepare_request == w) m.prepare_request.reset();
+    m.join_gate = false;
+  }
+  return s;
+}
+
+Status Replica::ResetForJoin(const std::map<std::string, std::string>& local) {
+  Impl& m = *impl_;
+  auto w = std::make_shared<Waiter>();
+  {
+    std::lock_guard<std::mutex> l(m.mu);
+    if (m.stopping) return Status::Unavailable("daemon is shutting down");
+    if (!m.join_gate) return Status::Internal("ResetForJoin without PrepareJoin");
+    m.reset_request = w;
+    m.reset_local = local;
+  }
+  m.work_cv.notify_one();
+  // Not bounded: the agent answers within a round (or the destructor does), and a reset that
+  // happened after its caller stopped waiting would leave the caller wrong about the store.
+  std::unique_lock<std::mutex> l(w->mu);
+  w->cv.wait(l, [&] { return w->done; });
+  return w->verdict;
+}
+
+void Replica::CancelJoin() {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->prepare_request.reset();
+  impl_->join_gate = false;
 }
 
 void Replica::Deliver(raft::Message msg) {

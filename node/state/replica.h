@@ -19,6 +19,7 @@
 #define CONSTELLATION_NODE_STATE_REPLICA_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -134,6 +135,28 @@ class Replica {
   // A raft message from a peer (already decoded and authenticated). Queued for the agent; dropped
   // (and counted) when the inbound queue is full — raft recovers from lost messages.
   void Deliver(raft::Message m);
+  // ---- Giving up this node's cluster to join another at run time (ClusterNode::JoinCluster).
+  // Allowed only while the cluster holds nothing but this node's own bootstrap: the configuration
+  // is this node alone, no member or node record names another node, there is no instance, and
+  // cluster/ has no inode but its root (the root's own attributes are not kept).
+  // Checks that from any thread, without waiting: Busy with what is there.
+  Status CheckAlone() const;
+  // Closes the gate for new commands (Propose fails with Unavailable until ResetForJoin or
+  // CancelJoin), lets the agent finish the commands in hand, and checks CheckAlone's rule with
+  // nothing in flight. Busy when it does not hold or another join is being prepared, Unavailable
+  // when the commands in hand did not finish within propose_timeout_ms; the gate is open again
+  // after any error.
+  Status PrepareJoin();
+  // After PrepareJoin: discards this node's cluster — log, raft state, replicated state — in one
+  // synced write that also stores `local` (keys::IsLocal keys only: what the joining needs kept)
+  // and leaves the store like a new one opened with `join`: without a configuration, waiting for
+  // a leader to fill it in (whatever opens it later, with or without `join`). Commands and reads
+  // waiting are answered Unavailable; cluster/'s caches are reset (on_fs_changes). Opens the gate.
+  // On an error nothing changed and the gate stays closed (CancelJoin).
+  Status ResetForJoin(const std::map<std::string, std::string>& local);
+  // After PrepareJoin, when the join did not happen: opens the gate. Nothing changed.
+  void CancelJoin();
+
   // A linearizable read point (ReadIndex): returns once this node has applied everything committed
   // when it was called, so a read after it sees every write acknowledged before. Immediate on a
   // node that is its cluster's only voter. Unavailable after `timeout_ms` (0: propose_timeout_ms)

@@ -161,6 +161,43 @@ TEST_CASE("writes go through one path: applied, refused with a reason, always au
   CHECK(audit.find(" ctl write ok log-level debug\n") != std::string::npos);
 }
 
+TEST_CASE("ctl join: refused without --bind, else handed on; audit never holds the token") {
+  Fixture f;
+  uint64_t ctl = f.Ino("constellation/ctl");
+  CHECK(f.tree->Write(ctl, "join 10.0.0.1:7400 cn1.nobind", f.root).code() ==
+        Code::kInvalidArgument);
+  CHECK(f.Read("constellation/error").find("without --bind") != std::string::npos);
+  CHECK(f.tree->Write(ctl, "join 10.0.0.1:7400", f.root).code() == Code::kInvalidArgument);
+  CHECK(f.Read("constellation/error") == "ctl: usage: join HOST:PORT TOKEN\n");
+  ControlTreeOptions o;
+  o.replica = f.replica.get();
+  o.node_name = "n1";
+  o.now_ms = [&f] { return f.clock.NowUnixMs(); };
+  std::string got;
+  o.join = [&got](const std::string& addr, const std::string& token) -> Status {
+    got = addr + " " + token;
+    if (token != "cn1.good") return Status(Code::kTimedOut, "join: no answer");
+    return Status::Ok();
+  };
+  ControlTree tree(o);
+  Result<Attr> dir = tree.Lookup(kRootIno, "constellation");
+  REQUIRE(dir.ok());
+  Result<Attr> file = tree.Lookup(dir->ino, "ctl");
+  REQUIRE(file.ok());
+  CHECK(tree.Write(file->ino, "join 10.0.0.1:7400 cn1.bad\n", f.root).code() == Code::kTimedOut);
+  CHECK(got == "10.0.0.1:7400 cn1.bad");
+  CHECK(tree.Write(file->ino, "join  10.0.0.1:7400\tcn1.good", f.root).ok());
+  CHECK(got == "10.0.0.1:7400 cn1.good");
+  std::string audit = f.Read("constellation/audit");
+  CHECK(audit.find("cn1.") == std::string::npos);
+  CHECK(audit.find(" ctl write InvalidArgument join 10.0.0.1:7400 (token not recorded)\n") !=
+        std::string::npos);
+  CHECK(audit.find(" ctl write InvalidArgument join 10.0.0.1:7400\n") != std::string::npos);
+  CHECK(audit.find(" ctl write TimedOut join 10.0.0.1:7400 (token not recorded)\n") !=
+        std::string::npos);
+  CHECK(audit.find(" ctl write ok join 10.0.0.1:7400 (token not recorded)\n") != std::string::npos);
+}
+
 TEST_CASE("rmdir removes the instance and its inodes go stale") {
   Fixture f;
   uint64_t instances = f.Ino("constellation/instances");

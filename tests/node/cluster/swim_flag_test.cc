@@ -27,4 +27,16 @@ TEST_CASE("ParseSwimFlag: settings, ranges and unknown names") {
   CHECK(o.swim.suspicion_mult == before.swim.suspicion_mult);
 }
 
+TEST_CASE("ValidateHostPort: HOST:PORT with a port 1..65535") {
+  for (const char* good : {"127.0.0.1:7400", "node-1.example:1", "[::1]:65535", "h:080"}) {
+    CHECK(ValidateHostPort(good).ok());
+  }
+  for (const char* bad : {"", "127.0.0.1", ":7400", "h:", "h:0", "h:65536", "h:12a", "h:-1",
+                          "a b:1", "h:123456", "h/x:1"}) {
+    Status s = ValidateHostPort(bad);
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find("is not HOST:PORT") != std::string::npos);
+  }
+}
+
 }  // namespace constellation

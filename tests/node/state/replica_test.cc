@@ -391,4 +391,72 @@ TEST_CASE("a synced command makes the deferred ones before it durable") {
   CHECK(r->state().GetInstance("web")->ram_mb == 99);
 }
 
+TEST_CASE(
+    "a replica gives up its cluster to join another only while that holds nothing but itself") {
+  Fixture f;
+  std::string cluster;
+  {
+    auto r = f.Open();
+    cluster = r->GetStatus().cluster_id;
+    CHECK(r->CheckAlone().ok());
+    // An instance is state: refused, and the state stays.
+    REQUIRE(r->Propose(Create("web")).ok());
+    CHECK(r->CheckAlone().code() == Code::kBusy);
+    Status busy = r->PrepareJoin();
+    CHECK(busy.code() == Code::kBusy);
+    CHECK(busy.message().find("has state (1 instances") != std::string::npos);
+    CHECK(r->state().GetInstance("web"));
+    Command rm;
+    rm.type = CommandType::kInstanceRemove;
+    rm.object = "web";
+    REQUIRE(r->Propose(rm).ok());
+    // So is a file in cluster/ (its root alone is not).
+    auto fs = [&](FsOpType type, const std::string& name) {
+      FsOp op;
+      op.type = type;
+      op.parent = kFsRootIno;
+      op.name = name;
+      op.mode = 0755;
+      Command c;
+      c.type = CommandType::kFs;
+      c.value = EncodeFsOp(op);
+      return r->Propose(c);
+    };
+    REQUIRE(fs(FsOpType::kInit, "").ok());
+    CHECK(r->CheckAlone().ok());
+    REQUIRE(fs(FsOpType::kMkdir, "d").ok());
+    CHECK(r->PrepareJoin().message().find("in cluster/") != std::string::npos);
+    REQUIRE(fs(FsOpType::kRmdir, "d").ok());
+    // Prepared: new commands wait outside (Unavailable), a second join is Busy; cancelled:
+    // everything as before.
+    REQUIRE(r->PrepareJoin().ok());
+    CHECK(r->Propose(Create("late")).code() == Code::kUnavailable);
+    CHECK(r->PrepareJoin().code() == Code::kBusy);
+    r->CancelJoin();
+    REQUIRE(r->Propose(Create("late")).ok());
+    CHECK(r->GetStatus().cluster_id == cluster);
+    rm.object = "late";
+    REQUIRE(r->Propose(rm).ok());
+    // The reset: nothing of the old cluster is left but local keys, and the given ones are kept.
+    REQUIRE(r->PrepareJoin().ok());
+    REQUIRE(r->ResetForJoin({{"j/members", "m"}}).ok());
+    ReplicaStatus st = r->GetStatus();
+    CHECK(st.cluster_id.empty());
+    CHECK(st.voters.empty());
+    CHECK(st.applied_index == 0);
+    CHECK(r->state().ListNodes().empty());
+    CHECK(r->CheckAlone().code() == Code::kBusy);  // no cluster of its own any more
+  }
+  // Durable, and reopened without `join` it still waits for a leader instead of bootstrapping.
+  f.kv.Crash();
+  auto r = f.Open();
+  ReplicaStatus st = r->GetStatus();
+  CHECK(st.cluster_id.empty());
+  CHECK(st.voters.empty());
+  std::string v;
+  REQUIRE(r->store()->Get("j/members", &v).ok());
+  CHECK(v == "m");
+  CHECK(r->store()->Get("j/request_floor", &v).ok());
+}
+
 }  // namespace constellation
