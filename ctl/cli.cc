@@ -705,6 +705,21 @@ int CmdTop(Cli& cli, const Verb&, const Invocation& inv) {
   return kExitOk;
 }
 
+// `join HOST:PORT TOKEN`: this mount's node joins the cluster of the node at HOST:PORT (the
+// `join` verb of constellation/ctl; the daemon checks both words and that its cluster is fresh).
+int CmdJoin(Cli& cli, const Verb& verb, const Invocation& inv) {
+  for (const std::string& a : inv.args) {
+    if (a.empty() || a.find_first_of(" \t\n") != std::string::npos) {
+      return cli.Usage(&verb, "bad argument \"" + a + "\"");
+    }
+  }
+  std::string path = cli.root() + "/ctl";
+  if (int rc = cli.tree().Write(path, "join " + inv.args[0] + " " + inv.args[1] + "\n")) {
+    return cli.FailMutation(path, rc);
+  }
+  return kExitOk;
+}
+
 // `keygen [FILE]`: a node's CURVE key pair, for constellationd --key FILE. The only verb that
 // does not go through the mount; the key pair comes from libzmq (its CURVE implementation).
 int CmdKeygen(Cli& cli, const Verb&, const Invocation& inv) {
@@ -759,6 +774,16 @@ const Verb kVerbs[] = {
          "0600 (an existing FILE is never overwritten), and prints the public key; without\n"
          "FILE prints both lines. A node without --key makes DATA/node.key itself.",
      .needs_mount = false},
+    {.name = "join",
+     .min_args = 2,
+     .max_args = 2,
+     .usage = "join HOST:PORT TOKEN",
+     .help = "join this node to the cluster of the node at HOST:PORT",
+     .handler = CmdJoin,
+     .details = "Writes `join HOST:PORT TOKEN` to constellation/ctl: the node (started with\n"
+                "--bind, its own cluster still empty) gives up its cluster and joins the other;\n"
+                "returns once it is admitted and caught up. TOKEN is what the other node printed\n"
+                "(also in its DATA/join_token). Errors as for the ctl verb (docs/tree.md)."},
     {.name = "status",
      .min_args = 0,
      .max_args = 0,

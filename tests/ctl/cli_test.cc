@@ -86,9 +86,9 @@ struct Cli {
   std::string Err() const { return err.str(); }
 };
 
-const std::vector<std::string> kAllVerbs = {"help",    "status", "ls",     "get",   "set",
-                                            "create",  "run",    "rm",     "start", "stop",
-                                            "restart", "kill",   "events", "logs",  "top"};
+const std::vector<std::string> kAllVerbs = {"help", "status", "ls",    "get",  "set",  "create",
+                                            "run",  "rm",     "start", "stop", "join", "restart",
+                                            "kill", "events", "logs",  "top"};
 
 // ---- help and usage ----
 
@@ -367,6 +367,23 @@ TEST_CASE("a refused write shows strerror and the object's error file", "[ctl]")
         "constellation: /m/constellation/instances/web-1/ram_mb: Invalid argument: ram_mb: "
         "\"abc\" is not an integer (expected 0 or 4..4194304 MiB)\n");
   CHECK(c.Out().empty());
+}
+
+TEST_CASE("join writes the ctl verb; the daemon's refusal is shown with its reason", "[ctl]") {
+  Cli c;
+  REQUIRE(c.Run({"join", "10.0.0.1:7400", "cn1.abc"}) == kExitOk);
+  using W = std::pair<std::string, std::string>;
+  CHECK(c.tree.writes() == std::vector<W>{{kRoot + "/ctl", "join 10.0.0.1:7400 cn1.abc\n"}});
+  CHECK(c.Run({"join", "a b", "t"}) == kExitUsage);
+  CHECK(c.Run({"join", "10.0.0.1:7400"}) == kExitUsage);
+  CHECK(c.tree.writes().size() == 1);
+  Cli d;
+  d.tree.Fail(FakeTree::Op::kWrite, kRoot + "/ctl", EBUSY, kRoot + "/error",
+              "join: this node's cluster has state (1 instances, e.g. web); join needs a fresh "
+              "node\n");
+  CHECK(d.Run({"join", "10.0.0.1:7400", "cn1.abc"}) == kExitFailure);
+  CHECK(d.Err().find("Device or resource busy: join: this node's cluster has state") !=
+        std::string::npos);
 }
 
 TEST_CASE("the error file is per object: nodes, and constellation/error for the rest", "[ctl]") {
