@@ -31,9 +31,9 @@ struct FuseFrontOptions {
   // so the timeout only bounds staleness when an invalidation was dropped.
   double cluster_cache_timeout_s = 1;
   // libfuse's worker threads: at most max_threads; idle ones beyond max_idle_threads exit. Equal,
-  // so that bursts of requests do not create and destroy threads (a control write answered later,
-  // from the commit, frees its worker at once: 64 writers made libfuse start and end threads
-  // all the time with 16).
+  // so that bursts do not create and destroy threads: a commit answers a whole batch of writers at
+  // once, and with 16 the workers that went idle together exited, to be started again by the
+  // next batch (64 writers: most of the time).
   int max_idle_threads = 64;
   unsigned max_threads = 64;
 };
