@@ -692,6 +692,17 @@ Status ClusterFs::Release(uint64_t ino, const Caller& c) {
   return s;
 }
 
+Result<std::shared_ptr<const ChunkBytes>> ClusterFs::CommittedChunk(const ReadPiece& p) {
+  Result<std::shared_ptr<const ChunkBytes>> chunk = options_.chunks->ReadChunk(p.chunk.id);
+  // A chunk the metadata references but the store lacks (quarantined, deleted) is damage, EIO.
+  if (chunk.status().code() == Code::kNotFound) {
+    return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
+  }
+  CN_RETURN_IF_ERROR(chunk.status());
+  if (p.chunk_offset + p.length > (*chunk)->size()) return Status::Corruption("short chunk read");
+  return chunk;
+}
+
 Status ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size, char* out) {
   CN_CHECK(offset + size <= i.size) << "committed read past EOF";
   std::memset(out, 0, size);  // holes
@@ -700,14 +711,8 @@ Status ClusterFs::ReadCommitted(const Inode& i, uint64_t offset, size_t size, ch
   CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
   for (const ReadPiece& p : pieces) {
     if (p.hole) continue;
-    Result<size_t> read =
-        options_.chunks->Read(p.chunk.id, p.chunk_offset, p.length, out + (p.file_offset - offset));
-    // A chunk the metadata references but the store lacks (quarantined, deleted) is damage, EIO.
-    if (read.status().code() == Code::kNotFound) {
-      return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
-    }
-    CN_ASSIGN_OR_RETURN(size_t n, std::move(read));
-    if (n != p.length) return Status::Corruption("short chunk read");
+    CN_ASSIGN_OR_RETURN(std::shared_ptr<const ChunkBytes> chunk, CommittedChunk(p));
+    std::memcpy(out + (p.file_offset - offset), chunk->view().data() + p.chunk_offset, p.length);
   }
   MaybePrefetch(ext, i.size, offset, size);
   return Status::Ok();
@@ -740,20 +745,14 @@ Result<ClusterFs::ReadBytes> ClusterFs::Read(uint64_t ino, uint64_t offset, size
   ReadBytes got;
   if (offset >= eof) return got;
   size = static_cast<size_t>(std::min<uint64_t>(size, eof - offset));
-  if (f->dirty.empty() && f->sealed.empty() && !base.content.empty()) {
+  if (!f->unflushed() && !base.content.empty()) {
     // Nothing buffered: a read inside one stored chunk is answered from the cached chunk itself.
     CN_ASSIGN_OR_RETURN(ExtentList ext, ExtentsOf(base));
     CN_ASSIGN_OR_RETURN(std::vector<ReadPiece> pieces, MapRange(ext, offset, size));
     if (pieces.size() == 1 && !pieces[0].hole) {
       const ReadPiece& p = pieces[0];
-      Result<std::shared_ptr<const ChunkBytes>> chunk = options_.chunks->ReadChunk(p.chunk.id);
-      if (chunk.status().code() == Code::kNotFound) {
-        return Status::Corruption("chunk " + p.chunk.id.Hex() + " is missing");
-      }
-      CN_RETURN_IF_ERROR(chunk.status());
-      if (p.chunk_offset + p.length > (*chunk)->size()) return Status::Corruption("short chunk");
+      CN_ASSIGN_OR_RETURN(got.chunk, CommittedChunk(p));
       MaybePrefetch(ext, base.size, offset, size);
-      got.chunk = std::move(chunk).value();
       got.offset = p.chunk_offset;
       got.length = static_cast<size_t>(p.length);
       return got;

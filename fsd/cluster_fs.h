@@ -168,6 +168,9 @@ class ClusterFs {
   // The caller holds `l` on f->mu; waits for background stores release it meanwhile.
   Status FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t ino, const Caller& c);
   Status LoadBase(File* f, uint64_t ino);
+  // The verified chunk holding committed piece `p` (not a hole), shared with the store's cache;
+  // Corruption when the store lacks it or it is shorter than the piece.
+  Result<std::shared_ptr<const ChunkBytes>> CommittedChunk(const ReadPiece& p);
   // Reads committed bytes [offset, offset + size) into `out`; size must end at or before EOF.
   Status ReadCommitted(const Inode& inode, uint64_t offset, size_t size, char* out);
   // A sequential reader passing a quarter of a window likely reads on: has the chunk store load

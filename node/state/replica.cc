@@ -191,8 +191,7 @@ struct Replica::Impl {
   std::vector<raft::Entry> unapplied;             // committed but not yet applied
   int64_t apply_backoff_ms = 0;
   // CheckFreeSpace's last look (agent thread only).
-  bool free_checked = false;
-  int64_t free_checkedms = 0;
+  int64_t free_checked_ms = 0;
   uint64_t free_seen_bytes = 0;
   std::string last_leader;
   raft::HardState durable_hs;
@@ -451,13 +450,13 @@ struct Replica::Impl {
   Status CheckFreeSpace() {
     if (!env->free_bytes || options.reserve_bytes == 0) return Status::Ok();
     int64_t now_ms = env->clock->MonotonicMs();
-    if (free_checked && now_ms - free_checkedms < kFreeSpaceRecheckMs &&
+    // free_seen_bytes is 0 before the first look and after a failed one: those always look.
+    if (now_ms - free_checked_ms < kFreeSpaceRecheckMs &&
         free_seen_bytes >= options.reserve_bytes + kFreeSpaceSlackBytes) {
       return Status::Ok();
     }
     Result<uint64_t> free = env->free_bytes(options.data_dir);
-    free_checked = free.ok();
-    free_checkedms = now_ms;
+    free_checked_ms = now_ms;
     free_seen_bytes = free.ok() ? *free : 0;
     if (!free.ok() || *free >= options.reserve_bytes) return Status::Ok();
     return Status::NoSpace("the data dir's file system has " + std::to_string(*free >> 20) +
