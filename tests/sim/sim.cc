@@ -716,6 +716,11 @@ class Simulation {
   void Record(Node& node, const Entry& e, const char* how) {
     uint64_t h = HashBytes(e.data) ^ (static_cast<uint64_t>(e.type) << 63);
     auto [it, inserted] = committed_.emplace(e.index, std::make_pair(e.term, h));
+    // The term it was committed in is at most the observer's: a node learns a commit from the
+    // leader that made it, or later.
+    uint64_t seen_term = node.raft ? node.raft->term() : UINT64_MAX;
+    auto [ct, fresh] = commit_term_.emplace(e.index, seen_term);
+    if (!fresh) ct->second = std::min(ct->second, seen_term);
     if (!inserted && (it->second.first != e.term || it->second.second != h)) {
       Fail("state machine safety: node " + node.id + " " + how + " entry " +
            std::to_string(e.term) + "/" + std::to_string(e.index) + " but " +
@@ -777,9 +782,17 @@ class Simulation {
       isolate_at_ = now_ + rng_.Pick(std::vector<int64_t>{0, 0, 2, 5, 10});
       isolate_id_ = node.id;
     }
-    // Leader completeness: a new leader holds every entry known committed.
-    if (committed_.empty()) return;
-    uint64_t known = committed_.rbegin()->first;
+    // Leader completeness: a new leader holds every entry committed in an earlier term. (A leader
+    // of an old term can come to power after a newer leader committed entries: node 1 wins term 1
+    // with a vote that arrives late, while node 3 leads term 2.)
+    uint64_t known = 0;
+    for (auto it = commit_term_.rbegin(); it != commit_term_.rend(); ++it) {
+      if (it->second < r.term()) {
+        known = it->first;
+        break;
+      }
+    }
+    if (known == 0) return;
     if (r.last_index() < known) {
       Fail("leader completeness: " + node.id + " leads term " + std::to_string(r.term()) +
            " with log ending at " + std::to_string(r.last_index()) + " but entry " +
@@ -792,7 +805,7 @@ class Simulation {
     if (!r.Entries(lo, known + 1, &ents).ok()) return;
     for (const Entry& e : ents) {
       auto ci = committed_.find(e.index);
-      if (ci == committed_.end()) continue;
+      if (ci == committed_.end() || commit_term_[e.index] >= r.term()) continue;
       uint64_t h = HashBytes(e.data) ^ (static_cast<uint64_t>(e.type) << 63);
       if (ci->second.first != e.term || ci->second.second != h) {
         Fail("leader completeness: " + node.id + " leads term " + std::to_string(r.term()) +
@@ -915,6 +928,9 @@ class Simulation {
   };
   Cut cut_;  // links cut by the current partition
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> committed_;  // index -> (term, data hash)
+  // index -> the lowest term a node was in when it saw the entry committed (>= the term it was
+  // committed in)
+  std::map<uint64_t, uint64_t> commit_term_;
   std::map<uint64_t, uint64_t> state_hash_;
   std::map<uint64_t, std::string> leaders_;
   std::string failure_;
