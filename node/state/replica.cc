@@ -33,14 +33,28 @@ struct Waiter {
   bool done = false;
   Status verdict;
   std::string result;
+  // ProposeAsync's: called instead of waking a thread, and when to give up (monotonic ms).
+  Replica::ProposeDone callback;
+  int64_t deadline_ms = 0;
 };
 
+// Answers a waiter; never with a replica lock held (a callback may propose again).
 void Wake(const std::shared_ptr<Waiter>& w, const Status& verdict, std::string result = {}) {
-  std::lock_guard<std::mutex> l(w->mu);
-  w->done = true;
-  w->verdict = verdict;
-  w->result = std::move(result);
-  w->cv.notify_all();
+  Replica::ProposeDone callback;
+  {
+    std::lock_guard<std::mutex> l(w->mu);
+    if (w->done) return;
+    w->done = true;
+    if (w->callback) {
+      callback = std::move(w->callback);
+      w->callback = nullptr;
+    } else {
+      w->verdict = verdict;
+      w->result = std::move(result);
+      w->cv.notify_all();
+    }
+  }
+  if (callback) callback(verdict, std::move(result));
 }
 
 size_t MessageBytes(const raft::Message& m) {
@@ -129,6 +143,7 @@ struct Replica::Impl {
   };
   std::deque<Pending> pending;
   std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
+  size_t async_waiters = 0;  // of `waiters`, ProposeAsync's (deadline_ms set)
   std::deque<raft::Message> inbound;
   size_t inbound_bytes = 0;
   uint64_t inbound_dropped = 0;
@@ -345,6 +360,10 @@ struct Replica::Impl {
     return Status::Ok();
   }
 
+  // Queues a proposal for the agent with its waiter (Propose, ProposeAsync).
+  Status Enqueue(Command* command, Durability durability, const std::shared_ptr<Waiter>& waiter,
+                 uint64_t* id);
+
   bool HasWaiter(uint64_t id) {
     std::lock_guard<std::mutex> l(mu);
     return waiters.count(id) > 0;
@@ -359,6 +378,7 @@ struct Replica::Impl {
       if (it == waiters.end()) return;
       w = std::move(it->second);
       waiters.erase(it);
+      if (w->deadline_ms != 0) --async_waiters;
     }
     Wake(w, verdict, std::move(result));
   }
@@ -558,7 +578,37 @@ struct Replica::Impl {
 
   // Once per tick: proposals and reads that may have been lost with a leader are sent again, and
   // the leader plans the next membership change.
+  // ProposeAsync's waiters past their deadline get what a blocking Propose's timeout returns.
+  void ExpireAsyncWaiters(int64_t now) {
+    std::vector<std::shared_ptr<Waiter>> expired;
+    std::string lead;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (async_waiters == 0) return;
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (it->second->deadline_ms != 0 && it->second->deadline_ms <= now) {
+          expired.push_back(std::move(it->second));
+          it = waiters.erase(it);
+          --async_waiters;
+        } else {
+          ++it;
+        }
+      }
+      lead = leader;
+    }
+    for (const auto& w : expired) Wake(w, TimedOut(lead));
+  }
+
+  Status TimedOut(const std::string& lead) const {
+    return Status::Unavailable(
+        "the command was not applied within " + std::to_string(options.propose_timeout_ms) +
+        " ms (" +
+        (lead.empty() ? std::string("no leader known: no quorum reachable?") : "leader " + lead) +
+        "); it may still be applied later");
+  }
+
   void OnTick(int64_t now) {
+    ExpireAsyncWaiters(now);
     const std::string& lead = raft->leader();
     if (!lead.empty()) {
       std::vector<Held> again;
@@ -984,37 +1034,52 @@ Replica::~Replica() {
   }
   impl_->sync_cv.notify_all();
   if (impl_->syncer.joinable()) impl_->syncer.join();
-  std::lock_guard<std::mutex> l(impl_->mu);
-  for (auto* map : {&impl_->waiters, &impl_->read_waiters}) {
-    for (auto& [id, w] : *map) Wake(w, Status::Unavailable("daemon is shutting down"));
+  // Answered without the lock: an asynchronous proposer's callback may propose again (refused
+  // now: stopping).
+  std::vector<std::shared_ptr<Waiter>> left;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (auto* map : {&impl_->waiters, &impl_->read_waiters}) {
+      for (auto& [id, w] : *map) left.push_back(std::move(w));
+      map->clear();
+    }
+    impl_->async_waiters = 0;
+    for (auto* w : {&impl_->prepare_request, &impl_->reset_request}) {
+      if (*w) left.push_back(std::move(*w));
+    }
   }
-  for (auto* w : {&impl_->prepare_request, &impl_->reset_request}) {
-    if (*w) Wake(*w, Status::Unavailable("daemon is shutting down"));
+  for (const auto& w : left) Wake(w, Status::Unavailable("daemon is shutting down"));
+}
+
+Status Replica::Impl::Enqueue(Command* command, Durability durability,
+                              const std::shared_ptr<Waiter>& waiter, uint64_t* id) {
+  command->time_ms = env->clock->NowUnixMs();
+  command->node = options.node_name;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    if (stopping) return Status::Unavailable("daemon is shutting down");
+    if (join_gate) {
+      return Status::Unavailable(
+          "this node is joining another cluster; retry once the join has finished");
+    }
+    if (pending.size() >= options.max_pending) {
+      return Status::Unavailable("commit queue is full (" + std::to_string(options.max_pending) +
+                                 " proposals waiting); retry");
+    }
+    *id = command->request_id = next_request_id++;
+    waiters[*id] = waiter;
+    if (waiter->deadline_ms != 0) ++async_waiters;
+    pending.push_back(Pending{std::move(*command), durability == Durability::kDeferred});
   }
+  work_cv.notify_one();
+  return Status::Ok();
 }
 
 Status Replica::Propose(Command command, std::string* result, Durability durability) {
   Impl& m = *impl_;
   auto waiter = std::make_shared<Waiter>();
-  command.time_ms = m.env->clock->NowUnixMs();
-  command.node = m.options.node_name;
-  uint64_t id;
-  {
-    std::lock_guard<std::mutex> l(m.mu);
-    if (m.stopping) return Status::Unavailable("daemon is shutting down");
-    if (m.join_gate) {
-      return Status::Unavailable(
-          "this node is joining another cluster; retry once the join has finished");
-    }
-    if (m.pending.size() >= m.options.max_pending) {
-      return Status::Unavailable("commit queue is full (" + std::to_string(m.options.max_pending) +
-                                 " proposals waiting); retry");
-    }
-    id = command.request_id = m.next_request_id++;
-    m.waiters[id] = waiter;
-    m.pending.push_back(Impl::Pending{std::move(command), durability == Durability::kDeferred});
-  }
-  m.work_cv.notify_one();
+  uint64_t id = 0;
+  CN_RETURN_IF_ERROR(m.Enqueue(&command, durability, waiter, &id));
   std::unique_lock<std::mutex> l(waiter->mu);
   if (!waiter->cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms),
                            [&] { return waiter->done; })) {
@@ -1025,14 +1090,22 @@ Status Replica::Propose(Command command, std::string* result, Durability durabil
       m.waiters.erase(id);
       lead = m.leader;
     }
-    return Status::Unavailable(
-        "the command was not applied within " + std::to_string(m.options.propose_timeout_ms) +
-        " ms (" +
-        (lead.empty() ? std::string("no leader known: no quorum reachable?") : "leader " + lead) +
-        "); it may still be applied later");
+    return m.TimedOut(lead);
   }
   if (result != nullptr) *result = std::move(waiter->result);
   return waiter->verdict;
+}
+
+void Replica::ProposeAsync(Command command, Durability durability, ProposeDone done) {
+  Impl& m = *impl_;
+  auto waiter = std::make_shared<Waiter>();
+  waiter->callback = std::move(done);
+  // At least 1: 0 marks a blocking proposer's waiter.
+  waiter->deadline_ms =
+      std::max<int64_t>(1, m.env->clock->MonotonicMs() + m.options.propose_timeout_ms);
+  uint64_t id = 0;
+  Status s = m.Enqueue(&command, durability, waiter, &id);
+  if (!s.ok()) Wake(waiter, s);
 }
 
 Status Replica::SyncBarrier() {

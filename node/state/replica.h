@@ -117,6 +117,15 @@ class Replica {
   // commands: an encoded FsResult).
   Status Propose(Command command, std::string* result = nullptr,
                  Durability durability = Durability::kSynced);
+  // Propose without waiting: `done` is called exactly once with what Propose would have returned
+  // (the verdict, and the result) — on the calling thread when the command is refused at once, else
+  // on the agent thread once it applied or after propose_timeout_ms. `done` runs with no lock of
+  // the replica held; it must not block (it holds up every command behind it) and must not call
+  // Propose, SyncBarrier or ReadBarrier, which wait for the agent thread it runs on; it may call
+  // ProposeAsync. Whoever registers `done` must outlive its call (the destructor calls the ones
+  // still waiting, with Unavailable).
+  using ProposeDone = std::function<void(Status verdict, std::string result)>;
+  void ProposeAsync(Command command, Durability durability, ProposeDone done);
   // Returns once every command answered before the call is durable on this node (kDeferred ones
   // included). Immediate when none is waiting for its sync. IoError/NoSpace when the sync fails,
   // Unavailable after propose_timeout_ms.

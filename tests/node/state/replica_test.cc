@@ -1,5 +1,7 @@
 #include "node/state/replica.h"
 
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "catch2/catch.hpp"
@@ -457,6 +459,118 @@ TEST_CASE(
   REQUIRE(r->store()->Get("j/members", &v).ok());
   CHECK(v == "m");
   CHECK(r->store()->Get("j/request_floor", &v).ok());
+}
+
+namespace {
+
+// What one ProposeAsync callback saw, for the test thread to wait on.
+struct AsyncAnswer {
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  Status verdict;
+  std::string result;
+  std::thread::id thread;
+
+  Replica::ProposeDone Callback() {
+    return [this](Status v, std::string r) {
+      std::lock_guard<std::mutex> l(mu);
+      ++calls;
+      verdict = std::move(v);
+      result = std::move(r);
+      thread = std::this_thread::get_id();
+      cv.notify_all();
+    };
+  }
+  bool Wait(int64_t ms = 10000) {
+    std::unique_lock<std::mutex> l(mu);
+    return cv.wait_for(l, std::chrono::milliseconds(ms), [&] { return calls > 0; });
+  }
+  int Calls() {
+    std::lock_guard<std::mutex> l(mu);
+    return calls;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("ProposeAsync answers once, on the agent thread, with what Propose would return") {
+  Fixture f;
+  auto r = f.Open();
+  AsyncAnswer ok, bad;
+  r->ProposeAsync(Create("web"), Durability::kSynced, ok.Callback());
+  r->ProposeAsync(Set("web", "ram_mb", "abc"), Durability::kSynced, bad.Callback());
+  REQUIRE(ok.Wait());
+  REQUIRE(bad.Wait());
+  CHECK(ok.verdict.ok());
+  CHECK(ok.thread != std::this_thread::get_id());
+  CHECK(bad.verdict.code() == Code::kInvalidArgument);
+  CHECK(bad.verdict.message().find("not an integer") != std::string::npos);
+  CHECK(r->state().GetInstance("web"));
+  // A file-system command's result comes with it.
+  FsOp op;
+  op.type = FsOpType::kInit;
+  Command c;
+  c.type = CommandType::kFs;
+  c.value = EncodeFsOp(op);
+  AsyncAnswer fs;
+  r->ProposeAsync(c, Durability::kDeferred, fs.Callback());
+  REQUIRE(fs.Wait());
+  CHECK(fs.verdict.ok());
+  Result<FsResult> res = DecodeFsResult(fs.result);
+  REQUIRE(res.ok());
+  REQUIRE(res->inode);
+  CHECK(res->inode->ino == kFsRootIno);
+  r.reset();
+  CHECK(ok.Calls() == 1);
+  CHECK(bad.Calls() == 1);
+}
+
+TEST_CASE("a ProposeAsync callback may propose again") {
+  Fixture f;
+  auto r = f.Open();
+  AsyncAnswer second;
+  Replica* raw = r.get();
+  r->ProposeAsync(Create("a"), Durability::kSynced, [&](Status v, std::string) {
+    REQUIRE(v.ok());
+    raw->ProposeAsync(Create("b"), Durability::kSynced, second.Callback());
+  });
+  REQUIRE(second.Wait());
+  CHECK(second.verdict.ok());
+  CHECK(r->state().GetInstance("a"));
+  CHECK(r->state().GetInstance("b"));
+}
+
+TEST_CASE("ProposeAsync refused at once is answered before it returns") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->PrepareJoin().ok());
+  AsyncAnswer a;
+  r->ProposeAsync(Create("web"), Durability::kSynced, a.Callback());
+  CHECK(a.Calls() == 1);
+  CHECK(a.thread == std::this_thread::get_id());
+  CHECK(a.verdict.code() == Code::kUnavailable);
+  r->CancelJoin();
+  CHECK_FALSE(r->state().GetInstance("web"));
+}
+
+TEST_CASE("without a leader ProposeAsync gives up after propose_timeout_ms, and at shutdown") {
+  Fixture f;
+  f.options.join = true;  // no configuration: nothing commits
+  f.options.propose_timeout_ms = 5000;
+  auto r = f.Open();
+  AsyncAnswer late, left;
+  r->ProposeAsync(Create("web"), Durability::kSynced, late.Callback());
+  CHECK_FALSE(late.Wait(300));  // real time: the deadline is on the (fake) clock
+  f.clock.Advance(f.options.propose_timeout_ms + f.options.tick_ms);
+  REQUIRE(late.Wait());
+  CHECK(late.verdict.code() == Code::kUnavailable);
+  CHECK(late.verdict.message().find("not applied within 5000 ms") != std::string::npos);
+  r->ProposeAsync(Create("web"), Durability::kSynced, left.Callback());
+  r.reset();
+  REQUIRE(left.Calls() == 1);
+  CHECK(left.verdict.code() == Code::kUnavailable);
+  CHECK(late.Calls() == 1);
 }
 
 }  // namespace constellation
