@@ -467,6 +467,18 @@ Status ControlTree::Propose(Command c, const Caller& caller, const std::string& 
   return verdict;
 }
 
+void ControlTree::ProposeAsync(Command c, const Caller& caller, const std::string& error_key,
+                               Done done) {
+  c.uid = caller.uid;
+  c.gid = caller.gid;
+  c.pid = caller.pid;
+  options_.replica->ProposeAsync(std::move(c), Durability::kSynced,
+                                 [this, error_key, done = std::move(done)](Status v, std::string) {
+                                   SetError(error_key, v);
+                                   done(std::move(v));
+                                 });
+}
+
 Status ControlTree::Refuse(uint64_t parent, std::string_view name, std::string_view op, Status why,
                            const Caller& caller) {
   Result<Node> p = Resolve(parent);
@@ -551,9 +563,12 @@ void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& 
                   ? AuditedClusterCtl(value)
                   : std::string(value);
     a.result = CodeName(local.code());
-    (void)Propose(std::move(a), caller, key);
-    SetError(key, local);
-    return done(local);
+    // Answered once audited, as every refusal.
+    return ProposeAsync(std::move(a), caller, key,
+                        [this, key, local, done = std::move(done)](Status) {
+                          SetError(key, local);
+                          done(local);
+                        });
   }
   c.op = "write";
   c.path = PathOf(n);
@@ -567,12 +582,15 @@ void ControlTree::WriteAsync(uint64_t ino, std::string_view data, const Caller& 
   bool instance = c.type == CommandType::kInstanceCtl || c.type == CommandType::kInstanceSet ||
                   c.type == CommandType::kInstanceSpec;
   std::string object = c.object;
-  Status s = Propose(std::move(c), caller, key);
-  if (!s.ok() || !instance || options_.agent == nullptr) return done(s);
-  options_.agent->AfterCommit(object, wait, [this, key, done = std::move(done)](Status v) {
-    if (!v.ok()) SetError(key, v);
-    done(v);
-  });
+  ProposeAsync(std::move(c), caller, key,
+               [this, key, instance, object, wait, done = std::move(done)](Status s) mutable {
+                 if (!s.ok() || !instance || options_.agent == nullptr) return done(s);
+                 options_.agent->AfterCommit(object, wait,
+                                             [this, key, done = std::move(done)](Status v) {
+                                               if (!v.ok()) SetError(key, v);
+                                               done(v);
+                                             });
+               });
 }
 
 Result<Attr> ControlTree::Mkdir(uint64_t parent, std::string_view name, const Caller& caller) {

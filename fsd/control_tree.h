@@ -110,6 +110,8 @@ class ControlTree {
   // runtime has acted on it: a limit is set on the running process; `start`/`restart` have
   // exec'd the command (or failed to: the error names why); `stop` has stopped it (SIGTERM, the
   // grace period, SIGKILL). `done` is called exactly once, possibly later on another thread.
+  // WriteAsync itself never waits for the replica or the runtime (so a `done` may start the next
+  // write), except for writes to constellation/ctl, whose local verbs (join) run in the call.
   void WriteAsync(uint64_t ino, std::string_view data, const Caller& caller, Done done);
   Status Write(uint64_t ino, std::string_view data, const Caller& caller);  // waits for it
   Result<Attr> Mkdir(uint64_t parent, std::string_view name, const Caller& caller);
@@ -159,6 +161,8 @@ class ControlTree {
   std::string ErrorKey(const Node& node);
   void SetError(const std::string& key, const Status& verdict);
   Status Propose(Command c, const Caller& caller, const std::string& error_key);
+  // Without waiting (Replica::ProposeAsync): `done` runs on the replica's agent thread.
+  void ProposeAsync(Command c, const Caller& caller, const std::string& error_key, Done done);
 
   // Readers and writers named by the tables.
   Result<std::string> ReadStatus(const Node& n);

@@ -10,8 +10,10 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -23,6 +25,13 @@
 namespace constellation {
 namespace {
 
+struct QueuedWrite {
+  fuse_req_t req;
+  fuse_ino_t ino;
+  std::string data;
+  off_t off;
+};
+
 struct Handle {
   uint64_t ino = 0;
   bool cluster = false;  // a file of cluster/ (ClusterFs), not a control file
@@ -31,6 +40,10 @@ struct Handle {
   bool file_backed = false;  // an instance's log: read at any offset (ControlTree::ReadAt)
   std::mutex mu;             // guards the fields below
   std::string written;       // what this open file has written, by offset
+  // A value write in flight (Write): the writes behind it wait here, so each builds on the value
+  // the one before it left.
+  bool writing = false;
+  std::deque<QueuedWrite> queued;
   bool has_snapshot = false;
   std::string snapshot;
   uint64_t cursor = 0;
@@ -91,6 +104,18 @@ struct FuseFront::Impl {
   bool wake = false;
   bool stopping = false;
   std::thread dispatcher;
+  // Control-file writes answered later by another thread; the session outlives them (~FuseFront).
+  size_t async_writes = 0;
+  std::condition_variable async_cv;
+
+  void AsyncWriteStarted() {
+    std::lock_guard<std::mutex> l(mu);
+    ++async_writes;
+  }
+  void AsyncWriteEnded() {
+    std::lock_guard<std::mutex> l(mu);
+    if (--async_writes == 0) async_cv.notify_all();
+  }
 
   static Impl* From(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
 
@@ -621,41 +646,94 @@ struct FuseFront::Impl {
   // Each write(2) is applied before it returns. For value files the value is everything written
   // through this open file so far (offsets 0..end), because shells split one `printf 'a\nb\n' >
   // f` into a write per line; each write then applies the whole content written so far. A ctl
-  // file takes one command per write(2).
+  // file takes one command per write(2). Control-file writes are answered later, by the thread
+  // that learns the verdict, without holding this worker thread.
   static void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
                     fuse_file_info* fi) {
     Impl* self = From(req);
     Handle* h = HandleOf(fi);
-    Status s;
     if (h->cluster) {
-      s = self->cluster->Write(ino, static_cast<uint64_t>(off), std::string_view(buf, size),
-                               CallerOf(req));
-    } else if (!h->accumulate) {
-      // A ctl verb may wait for its instance (a stop takes the grace period): answered later,
-      // without holding this worker thread.
+      Status s = self->cluster->Write(ino, static_cast<uint64_t>(off), std::string_view(buf, size),
+                                      CallerOf(req));
+      if (!s.ok()) return ReplyStatus(req, s);
+      fuse_reply_write(req, size);
+      return;
+    }
+    self->AsyncWriteStarted();
+    if (!h->accumulate) {
       return self->tree->WriteAsync(ino, std::string_view(buf, size), CallerOf(req),
-                                    [req, size](Status v) {
-                                      if (!v.ok()) return ReplyStatus(req, v);
-                                      fuse_reply_write(req, size);
+                                    [self, req, size](Status v) {
+                                      if (v.ok()) {
+                                        fuse_reply_write(req, size);
+                                      } else {
+                                        ReplyStatus(req, v);
+                                      }
+                                      self->AsyncWriteEnded();
                                     });
+    }
+    QueuedWrite w{req, ino, std::string(buf, size), off};
+    {
+      std::lock_guard<std::mutex> hl(h->mu);
+      if (h->writing) {
+        h->queued.push_back(std::move(w));
+        return;
+      }
+      h->writing = true;
+    }
+    WriteValue(self, h, std::move(w));
+  }
+
+  // One value write of `h`, which has `writing` set: only this chain of writes touches
+  // h->written until it clears the flag.
+  static void WriteValue(Impl* self, Handle* h, QueuedWrite w) {
+    size_t size = w.data.size();
+    size_t end = static_cast<size_t>(w.off) + size;
+    std::string next;
+    bool keep = false;
+    if (w.off < 0 || end > kMaxControlWriteBytes) {
+      // Too large: let the tree refuse (and audit) it without building the whole value.
+      next.assign(kMaxControlWriteBytes + 1, '\0');
+      std::memcpy(next.data(), w.data.data(), std::min(size, next.size()));
     } else {
-      std::lock_guard<std::mutex> hl(h->mu);  // one write at a time per open file, in order
-      size_t end = static_cast<size_t>(off) + size;
-      if (off < 0 || end > kMaxControlWriteBytes) {
-        // Too large: let the tree refuse (and audit) it without building the whole value.
-        std::string over(kMaxControlWriteBytes + 1, '\0');
-        std::memcpy(over.data(), buf, std::min(size, over.size()));
-        s = self->tree->Write(ino, over, CallerOf(req));
+      {
+        std::lock_guard<std::mutex> hl(h->mu);
+        next = h->written;
+      }
+      if (next.size() < end) next.resize(end, '\0');
+      std::memcpy(next.data() + w.off, w.data.data(), size);
+      keep = true;
+    }
+    fuse_req_t req = w.req;
+    std::string value = next;
+    self->tree->WriteAsync(w.ino, value, CallerOf(req),
+                           [self, h, req, size, keep, next = std::move(next)](Status v) mutable {
+                             ValueWritten(self, h, req, size, keep ? &next : nullptr, v);
+                           });
+  }
+
+  // The verdict of WriteValue's write: `next` (null for a refused oversized value) becomes what
+  // the file has written when it was applied; then the next queued write starts and `req` is
+  // answered. `h` is used before the answer, which may let the file be closed.
+  static void ValueWritten(Impl* self, Handle* h, fuse_req_t req, size_t size, std::string* next,
+                           const Status& v) {
+    std::optional<QueuedWrite> more;
+    {
+      std::lock_guard<std::mutex> hl(h->mu);
+      if (v.ok() && next != nullptr) h->written = std::move(*next);
+      if (h->queued.empty()) {
+        h->writing = false;
       } else {
-        std::string next = h->written;
-        if (next.size() < end) next.resize(end, '\0');
-        std::memcpy(next.data() + off, buf, size);
-        s = self->tree->Write(ino, next, CallerOf(req));
-        if (s.ok()) h->written = std::move(next);
+        more = std::move(h->queued.front());
+        h->queued.pop_front();
       }
     }
-    if (!s.ok()) return ReplyStatus(req, s);
-    fuse_reply_write(req, size);
+    if (more) WriteValue(self, h, std::move(*more));
+    if (v.ok()) {
+      fuse_reply_write(req, size);
+    } else {
+      ReplyStatus(req, v);
+    }
+    self->AsyncWriteEnded();
   }
 
   static void Poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhandle* ph) {
@@ -879,6 +957,11 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
 }
 
 FuseFront::~FuseFront() {
+  {
+    // Control-file writes still waiting for their verdict reply through the session.
+    std::unique_lock<std::mutex> l(impl_->mu);
+    impl_->async_cv.wait(l, [&] { return impl_->async_writes == 0; });
+  }
   impl_->hub->SetListener(nullptr);
   {
     std::lock_guard<std::mutex> l(impl_->mu);

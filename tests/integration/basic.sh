@@ -31,6 +31,33 @@ grep -q 'must match' $C/error || fail "constellation/error explains the bad name
 # Set and read back, through every configuration file.
 echo 512 > $C/instances/web-1/ram_mb
 expect_eq "$(cat $C/instances/web-1/ram_mb)" 512 "ram_mb read back"
+# Writes through one open file are answered asynchronously but applied one at a time, in order,
+# each on the value the one before it left: 8 threads share one descriptor, each pwrites its own
+# value at offset 0; every write returns and the value read back is one of them.
+python3 - "$C/instances/web-1/ram_mb" <<'PY' || fail "concurrent writes through one descriptor"
+import os, sys, threading
+fd = os.open(sys.argv[1], os.O_WRONLY)
+values = [b"%d\n" % (256 + 64 * i) for i in range(8)]  # all 4 bytes long
+errors = []
+def writer(v):
+    for _ in range(25):
+        try:
+            if os.pwrite(fd, v, 0) != len(v):
+                errors.append("short write")
+        except OSError as e:
+            errors.append(str(e))
+threads = [threading.Thread(target=writer, args=(v,)) for v in values]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+os.close(fd)
+if errors:
+    sys.exit("errors: %s" % errors[:3])
+PY
+v=$(cat $C/instances/web-1/ram_mb)
+[[ " 256 320 384 448 512 576 640 704 " == *" $v "* ]] || fail "ram_mb after concurrent writes: $v"
+echo 512 > $C/instances/web-1/ram_mb
 echo 50 > $C/instances/web-1/cpu_percent
 echo 1024 > $C/instances/web-1/disk_mb
 echo on-failure > $C/instances/web-1/restart
