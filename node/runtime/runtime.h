@@ -227,7 +227,7 @@ class Runtime {
   void KillStrayCgroups();
   // The work directory (without a quota), log and pid files, made when the instance is created.
   void PrepareFiles(const Instance* inst);
-  Status PersistSpec(const Instance* inst);
+  Status PersistSpec(Instance* inst);
   void PersistStatus(const Instance* inst);
   Instance* Find(const std::string& name) const;
   int64_t Now() const;

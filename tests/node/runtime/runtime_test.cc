@@ -375,6 +375,46 @@ TEST_CASE("runtime: on-failure restarts with capped exponential back-off") {
   RequireNoZombies();
 }
 
+TEST_CASE("runtime: every spec change reaches the spec file, also one that outgrows it") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  InstanceSpec spec = env.Spec("quiet", "sleep 1000");
+  spec.desired = Desired::kStopped;
+  REQUIRE(env.rt->Apply(spec).ok());
+  std::string path = env.opts.data_dir + "/quiet/spec";
+  auto on_disk = [&] {
+    Result<std::string> text = ReadSmallFile(path);
+    REQUIRE(text.ok());
+    return *text;
+  };
+  // Rewritten in place through the kept descriptor.
+  spec.ram_mb = 192;
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("ram_mb=192\n") != std::string::npos);
+  // Larger than the file: written anew (and the new file kept) ...
+  spec.env = {"BIG=" + std::string(3000, 'x')};
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("BIG=xxx") != std::string::npos);
+  // ... so the next change lands in the file that is there, not in the one replaced.
+  spec.ram_mb = 320;
+  REQUIRE(env.rt->Apply(spec).ok());
+  std::string text = on_disk();
+  CHECK(text.find("ram_mb=320\n") != std::string::npos);
+  CHECK(text.find("BIG=xxx") != std::string::npos);
+  // Smaller again: padded with newlines, which a recreated runtime reads back.
+  spec.env.clear();
+  spec.ram_mb = 448;
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("BIG") == std::string::npos);
+  env.rt.reset();
+  env.Open();
+  CHECK(env.Get("quiet").desired == Desired::kStopped);  // adopted from the spec file
+  spec.ram_mb = 512;  // the recreated runtime knows 448: only a change is written
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("ram_mb=512\n") != std::string::npos);
+}
+
 TEST_CASE("runtime: adopt after the runtime is recreated; never duplicated") {
   if (!CanRunRootTests()) return;
   Env env;
