@@ -211,9 +211,8 @@ void StateMachine::Audit(const Command& c, const Status& verdict, KvStore::Batch
     std::shared_lock<std::shared_mutex> l(mu_);
     seq = audit_seq_ + 1;
   }
-  staged_.audit_seq = seq;
+  staged_.audit_seq = seq;  // stored once per batch (StageInto)
   batch->Put(keys::kAuditPrefix + BigEndian64(seq), FormatAuditLine(c, verdict));
-  batch->Put(keys::kAuditSeq, BigEndian64(seq));
   if (seq > options_.audit_keep) {
     batch->Delete(keys::kAuditPrefix + BigEndian64(seq - options_.audit_keep));
   }
@@ -226,12 +225,10 @@ Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* bat
     if (c.request_id <= StagedLastRequest(c.node)) {
       // A retried proposal whose first copy (or a later command of its node) was applied already.
       staged_.applied = index;
-      batch->Put(keys::kApplied, BigEndian64(index));
       return Status::Unavailable(
           "the write was overtaken by a later one from this node after a leader change; retry");
     }
     staged_.requests[c.node] = c.request_id;
-    batch->Put(keys::kRequestPrefix + c.node, BigEndian64(c.request_id));
   }
   if (c.type == CommandType::kFs) {
     Result<FsOp> op = DecodeFsOp(c.value);
@@ -246,7 +243,6 @@ Status StateMachine::Apply(uint64_t index, const Command& c, KvStore::Batch* bat
   }
   if (!c.op.empty()) Audit(c, verdict, batch);
   staged_.applied = index;
-  batch->Put(keys::kApplied, BigEndian64(index));
   return verdict;
 }
 
@@ -430,6 +426,13 @@ void StateMachine::CommitStagedLocked() {
 
 void StateMachine::StageInto(KvStore::Batch* batch) {
   if (fs_) fs_->Flush(batch);
+  // Once per batch rather than per command: each is a memtable insert, and a batch of 64
+  // commands wrote the applied index 64 times.
+  if (staged_.applied) batch->Put(keys::kApplied, BigEndian64(*staged_.applied));
+  for (const auto& [node, id] : staged_.requests) {
+    batch->Put(keys::kRequestPrefix + node, BigEndian64(id));
+  }
+  if (staged_.audit_seq) batch->Put(keys::kAuditSeq, BigEndian64(*staged_.audit_seq));
 }
 
 void StateMachine::DropStaged() {

@@ -103,7 +103,9 @@ class StateMachine {
   // machine.
   Status Apply(uint64_t index, const Command& command, KvStore::Batch* batch,
                std::vector<std::string>* events, std::string* result);
-  // Moves what Apply staged for the file system into `batch` (call once, before writing it).
+  // Adds what Apply staged for the whole batch — the file system's writes, the applied index, the
+  // last request id of each node, the audit sequence — to `batch`. Call once, after the last Apply
+  // and before writing the batch: without it the batch does not record what it applied.
   void StageInto(KvStore::Batch* batch);
   void CommitStaged();
   void DropStaged();

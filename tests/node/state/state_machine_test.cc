@@ -17,6 +17,7 @@ struct Harness {
   Status Apply(Command c) {
     KvStore::Batch b;
     Status verdict = sm.Apply(++index, c, &b, &events, nullptr);
+    sm.StageInto(&b);
     REQUIRE(kv.Write(b, false).ok());
     sm.CommitStaged();
     return verdict;
@@ -96,6 +97,7 @@ TEST_CASE("committed instance changes reach the observer, refused ones do not") 
   auto apply = [&](Command c) {
     KvStore::Batch b;
     Status s = sm.Apply(++index, c, &b, &events, nullptr);
+    sm.StageInto(&b);
     REQUIRE(kv.Write(b, false).ok());
     return s;
   };
@@ -127,6 +129,7 @@ TEST_CASE("audit keeps only the newest lines") {
   for (int i = 0; i < 5; ++i) {
     KvStore::Batch b;
     (void)sm.Apply(i + 1, Cmd(CommandType::kNoop, std::to_string(i)), &b, &events, nullptr);
+    sm.StageInto(&b);
     REQUIRE(kv.Write(b, false).ok());
     sm.CommitStaged();
   }
