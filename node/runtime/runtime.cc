@@ -443,6 +443,9 @@ void Runtime::RearmTimer() {
     if (inst->pidfd >= 0 || inst->removing) sample = true;
   }
   if (sample) consider(next_sample_ms_);
+  // Unchanged and still ahead: the armed timer stands (most calls, one per limit change).
+  if (earliest == timer_armed_ms_ && (earliest == 0 || earliest > Now())) return;
+  timer_armed_ms_ = earliest;
   itimerspec its{};
   if (earliest > 0) {
     int64_t delta = std::max<int64_t>(1, earliest - Now());
@@ -1130,6 +1133,7 @@ Status Runtime::Remove(const std::string& name) {
 
 void Runtime::RemoveLocked(Instance* inst) {
   inst->removing = true;
+  any_removing_ = true;
   Refresh(inst);
   inst->spec.desired = Desired::kStopped;
   PersistSpec(inst).ok();
@@ -1137,11 +1141,15 @@ void Runtime::RemoveLocked(Instance* inst) {
 }
 
 void Runtime::FinalizeRemovals() {
+  if (!any_removing_) return;
   std::vector<std::string> done;
+  size_t removing = 0;
   for (auto& [name, inst] : instances_) {
+    removing += inst->removing ? 1 : 0;
     if (inst->removing && inst->pidfd < 0 && !inst->lc.has_process() && !inst->launching)
       done.push_back(name);
   }
+  any_removing_ = removing > done.size();
   for (const std::string& name : done) {
     Instance* inst = Find(name);
     inst->cgroup.KillAll().ok();

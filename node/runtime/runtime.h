@@ -268,6 +268,8 @@ class Runtime {
   std::vector<Cgroup> stray_cgroups_;  // killed, to be removed once empty
   int epoll_fd_ = -1;
   int timer_fd_ = -1;
+  int64_t timer_armed_ms_ = 0;  // the deadline timer_fd_ was last armed for (0: disarmed)
+  bool any_removing_ = false;   // some instance is being removed (FinalizeRemovals has work)
   int wake_fd_ = -1;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
