@@ -20,9 +20,10 @@ here and POSIX leaves it open: which of several conflicting locks F_GETLK report
 owner's pid, and that the lock reported conflicts); flock conversions (shared <-> exclusive) are
 done as unlock + lock; lseek on directory fds only rewinds (offsets there are cookies).
 
-Workarounds for known daemon bugs, active unless FS_DIFF_STRICT=1 (each run prints them); remove
-each one when its bug is fixed:
-  B1  stat after rename/unlink of a file with buffered (unflushed) writes reports the committed
+Workarounds for daemon bugs found by this test, active unless FS_DIFF_STRICT=1 (each run prints
+them) and not listed in FIXED below; all four are fixed now, so none is active and the test checks
+what each one names. Kept as the record of what the test has caught:
+  B1  (fixed) stat after rename/unlink of a file with buffered (unflushed) writes reports the committed
       size, not the written one; the kernel adopts it as i_size, so reads through an open fd stop
       early and O_APPEND writes land at the stale end, overwriting data. Cause: ClusterFs::Remove
       and ::Rename reset File::base while File::dirty is non-empty, and GetAttr overlays the dirty
@@ -30,13 +31,13 @@ each one when its bug is fixed:
       rename/renameat2/unlink (and before the unlink of open-unlink), and each worker fsyncs its
       shared/ fds at the end of its turn. Not covered meanwhile: renaming or unlinking a file that
       holds unflushed writes.
-  B2  open(O_TRUNC) of an existing file does not truncate it (`echo ab > f` over "0123456789\n"
+  B2  (fixed) open(O_TRUNC) of an existing file does not truncate it (`echo ab > f` over "0123456789\n"
       leaves "ab\n3456789\n"). Cause: libfuse enables FUSE_CAP_ATOMIC_O_TRUNC by default, so the
       kernel passes O_TRUNC to OPEN and sends no SETATTR(size 0); FuseFront's ClusterOpen ignores
       O_TRUNC in fi->flags. Workaround: O_TRUNC is used only together with O_CREAT|O_EXCL. Not
       covered meanwhile: O_TRUNC of an existing file (the truncate/ftruncate operations to size 0
       still are).
-  B3  utime/futimens of a file with buffered writes is lost: the write's time wins (stat shows it
+  B3  (fixed) utime/futimens of a file with buffered writes is lost: the write's time wins (stat shows it
       at once, and the flush at close commits it), so `cp -p` (it sets times before close) and
       `touch -d` on a file another process is writing do not keep the time they set. Cause: ClusterFs::SetAttr (without a size)
       does not flush; ToStat overlays File::mtime_ns while File::dirty is non-empty, and
