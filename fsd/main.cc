@@ -68,7 +68,8 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     long at most for its `left` to spread)
   --write-timeout-ms N  a write not committed within N ms fails with EAGAIN (default 10000)
   --log-keep N      applied log entries kept for followers before the log is compacted into a
-                    snapshot (default 10000)
+                    snapshot (default 10000); compaction runs every 2 x N entries, less often
+                    for a large state (at least its size / 128 bytes of entries apart)
   --links           also create the links /constellation and /cluster into the mount
   --foreground      stay in the foreground (default: detach once the mount is ready)
   --log FILE        log file (default: DATA/constellationd.log; with --foreground, stderr)

@@ -26,6 +26,11 @@ constexpr int64_t kSyncGatherMs = 2;
 // See CheckFreeSpace.
 constexpr int64_t kFreeSpaceRecheckMs = 20;
 constexpr uint64_t kFreeSpaceSlackBytes = uint64_t{1} << 30;
+// A snapshot copies the whole replicated state on the agent thread (nothing commits meanwhile), so
+// a large state is snapshotted less often: only once the entries applied since the last snapshot
+// number at least its size / this. The copying then costs at most this many bytes per command,
+// and the log holds about as many bytes of entries as the snapshot has.
+constexpr uint64_t kSnapshotBytesPerEntry = 128;
 
 struct Waiter {
   std::mutex mu;
@@ -811,9 +816,10 @@ struct Replica::Impl {
     }
   }
 
-  // Snapshots the state machine and compacts the log: when 2 x log_keep entries have been applied
-  // since the last snapshot (keeping log_keep of them for followers slightly behind), or at once
-  // (keeping none) when asked to.
+  // Snapshots the state machine and compacts the log: when 2 x log_keep entries, and at least the
+  // last snapshot's size / kSnapshotBytesPerEntry, have been applied since the last snapshot
+  // (keeping log_keep of them for followers slightly behind), or at once (keeping none) when asked
+  // to.
   void MaybeCompact() {
     bool force;
     {
@@ -830,7 +836,9 @@ struct Replica::Impl {
     }
     uint64_t applied = state.applied_index();
     uint64_t snap = storage->snapshot_meta().index;
-    if (applied <= snap || (!force && applied < snap + 2 * options.log_keep)) return;
+    uint64_t interval = std::max<uint64_t>(2 * options.log_keep,
+                                           storage->snapshot_meta().size / kSnapshotBytesPerEntry);
+    if (applied <= snap || (!force && applied < snap + interval)) return;
     Result<uint64_t> term = storage->Term(applied);
     if (!term.ok()) return;
     Status s = storage->CreateSnapshot(applied, *term, raft->applied_config(),

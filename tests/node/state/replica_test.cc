@@ -220,6 +220,39 @@ TEST_CASE("compaction drops applied log entries and state survives a restart") {
   CHECK(r->state().GetInstance("web")->disk_mb == 100);
 }
 
+TEST_CASE("a large state is snapshotted less often: once its size / 128 entries have applied") {
+  Fixture f;
+  f.options.log_keep = 5;
+  auto r = f.Open();
+  // Two more commands, each proposed after the one before was answered: the agent has finished
+  // the round that answered the first, compaction included.
+  auto settle = [&] {
+    REQUIRE(r->Propose(Set("web", "disk_mb", "1")).ok());
+    REQUIRE(r->Propose(Set("web", "disk_mb", "2")).ok());
+  };
+  REQUIRE(r->Propose(Create("web")).ok());
+  // A state of more than 60 KB (120 with the write's audit line): the next snapshot waits for
+  // about 940 entries, not 2 x 5.
+  std::string env;
+  for (int i = 0; i < 10; ++i)
+    env += "BIG" + std::to_string(i) + "=" + std::string(6000, 'x') + "\n";
+  REQUIRE(r->Propose(Set("web", "env", env)).ok());
+  REQUIRE(r->Compact().ok());
+  settle();
+  uint64_t first = r->GetStatus().snapshot_index;
+  REQUIRE(first > 0);
+  for (int i = 0; i < 100; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  settle();
+  CHECK(r->GetStatus().snapshot_index == first);
+  for (int i = 0; i < 1200; ++i) {
+    REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  }
+  settle();
+  ReplicaStatus st = r->GetStatus();
+  CHECK(st.snapshot_index >= first + 120000 / 128);
+  CHECK(st.log_first_index > first);  // compacted, keeping log_keep entries
+}
+
 TEST_CASE("events are published after apply, from the time of subscription") {
   Fixture f;
   auto r = f.Open();
