@@ -581,8 +581,6 @@ struct Replica::Impl {
     }
   }
 
-  // Once per tick: proposals and reads that may have been lost with a leader are sent again, and
-  // the leader plans the next membership change.
   // ProposeAsync's waiters past their deadline get what a blocking Propose's timeout returns.
   void ExpireAsyncWaiters(int64_t now) {
     std::vector<std::shared_ptr<Waiter>> expired;
@@ -612,6 +610,8 @@ struct Replica::Impl {
         "); it may still be applied later");
   }
 
+  // Once per tick: proposals and reads that may have been lost with a leader are sent again, and
+  // the leader plans the next membership change.
   void OnTick(int64_t now) {
     ExpireAsyncWaiters(now);
     const std::string& lead = raft->leader();
