@@ -854,8 +854,9 @@ struct Replica::Impl {
     snapshot_index = applied;
   }
 
-  void Run() {
-    int64_t last_tick = env->clock->MonotonicMs();
+  // `last_tick`: the clock when the replica was opened, so ticks are counted from then and not
+  // from whenever this thread first runs.
+  void Run(int64_t last_tick) {
     for (;;) {
       std::deque<Pending> batch;
       std::deque<raft::Message> msgs;
@@ -1000,9 +1001,10 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   m.UpdateStatus();
   std::unique_ptr<Replica> replica(new Replica(std::move(impl)));
   Impl* p = replica->impl_.get();
-  p->agent = std::thread([p] {
+  int64_t opened_ms = p->env->clock->MonotonicMs();
+  p->agent = std::thread([p, opened_ms] {
     SetThreadName("cn-raft");
-    p->Run();
+    p->Run(opened_ms);
   });
   p->syncer = std::thread([p] {
     SetThreadName("cn-sync");
