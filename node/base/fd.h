@@ -7,6 +7,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 
@@ -39,6 +40,28 @@ class Fd {
 
  private:
   int fd_;
+};
+
+// A process-wide bound on descriptors kept open for reuse (handles cached across calls), so such
+// caches cannot use up the process's descriptor limit between them. Thread-safe.
+class FdBudget {
+ public:
+  explicit constexpr FdBudget(int max) : max_(max) {}
+  FdBudget(const FdBudget&) = delete;
+  FdBudget& operator=(const FdBudget&) = delete;
+  // Takes one slot; false (nothing taken) when all are in use.
+  bool Take() {
+    if (used_.fetch_add(1, std::memory_order_relaxed) < max_) return true;
+    used_.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  // Returns `n` slots taken before.
+  void Give(int n = 1) { used_.fetch_sub(n, std::memory_order_relaxed); }
+  int used() const { return used_.load(std::memory_order_relaxed); }
+
+ private:
+  const int max_;
+  std::atomic<int> used_{0};
 };
 
 // Reads exactly `size` bytes at `offset`; false (errno set, or 0 for a short file) otherwise.

@@ -6,13 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
 
+#include "node/base/fd.h"
 #include "node/runtime/sysfile.h"
 
 namespace constellation::runtime {
@@ -150,8 +150,7 @@ Status ValidateCgroupPath(std::string_view path) {
 
 namespace {
 // Limit-file handles kept open across all groups; past it, writes open the file each time.
-constexpr int kMaxKeptLimitFds = 4096;
-std::atomic<int> kept_limit_fds{0};
+FdBudget kept_limit_fds(4096);
 }  // namespace
 
 struct Cgroup::LimitFiles {
@@ -162,7 +161,7 @@ struct Cgroup::LimitFiles {
   void CloseAll() {
     std::lock_guard<std::mutex> l(mu);
     for (auto& [path, fd] : fds) close(fd);
-    kept_limit_fds.fetch_sub(static_cast<int>(fds.size()), std::memory_order_relaxed);
+    kept_limit_fds.Give(static_cast<int>(fds.size()));
     fds.clear();
   }
   ~LimitFiles() { CloseAll(); }
@@ -183,16 +182,13 @@ Status Cgroup::WriteLimit(const std::string& path, std::string_view value, bool 
   if (it == files_->fds.end()) {
     Status s = WriteSysFile(path, value);
     // Only a file written again later (a live change) is worth a handle.
-    if (s.ok() && keep &&
-        kept_limit_fds.fetch_add(1, std::memory_order_relaxed) < kMaxKeptLimitFds) {
+    if (s.ok() && keep && kept_limit_fds.Take()) {
       int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
       if (fd >= 0) {
         files_->fds[path] = fd;
       } else {
-        kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
+        kept_limit_fds.Give();
       }
-    } else if (s.ok() && keep) {
-      kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
     }
     return s;
   }
@@ -204,7 +200,7 @@ Status Cgroup::WriteLimit(const std::string& path, std::string_view value, bool 
     // The group was removed (and maybe made again) behind our back: drop the stale handle.
     close(it->second);
     files_->fds.erase(it);
-    kept_limit_fds.fetch_sub(1, std::memory_order_relaxed);
+    kept_limit_fds.Give();
     return WriteSysFile(path, value);
   }
   if (n < 0) return Status::FromErrno(errno, "write '" + std::string(value) + "' to " + path);

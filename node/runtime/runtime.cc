@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -29,8 +28,7 @@ namespace constellation::runtime {
 
 namespace {
 // Spec files kept open across all instances (PersistSpec); past it, a rewrite opens the file.
-constexpr int kMaxKeptSpecFds = 4096;
-std::atomic<int> kept_spec_fds{0};
+FdBudget kept_spec_fds(4096);
 }  // namespace
 
 // An instance's spec file, kept open for rewrites in place: a limit change rewrote it through
@@ -45,7 +43,7 @@ struct KeptSpecFile {
   void Reset() {
     if (fd.get() >= 0) {
       fd.Close();
-      kept_spec_fds.fetch_sub(1, std::memory_order_relaxed);
+      kept_spec_fds.Give();
     }
     bytes = 0;
   }
@@ -803,14 +801,11 @@ Status Runtime::PersistSpec(Instance* inst) {
   std::string path = inst->dir + "/spec";
   CN_RETURN_IF_ERROR(WriteFileInPlace(path, content));
   // Kept for the next rewrite (WriteFileInPlace may have replaced the file by a rename).
-  if (kept_spec_fds.fetch_add(1, std::memory_order_relaxed) >= kMaxKeptSpecFds) {
-    kept_spec_fds.fetch_sub(1, std::memory_order_relaxed);
-    return Status::Ok();
-  }
+  if (!kept_spec_fds.Take()) return Status::Ok();
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   struct stat st;
   if (fd.get() < 0 || fstat(fd.get(), &st) != 0 || st.st_size > 4096) {
-    kept_spec_fds.fetch_sub(1, std::memory_order_relaxed);
+    kept_spec_fds.Give();
     return Status::Ok();
   }
   f.fd = std::move(fd);
