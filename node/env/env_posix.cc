@@ -16,12 +16,16 @@
 #include "leveldb/filter_policy.h"
 #include "leveldb/write_batch.h"
 #include "node/env/env.h"
+#include "node/env/kv_cache.h"
 #include "node/env/leveldb_env_internal.h"
 
 extern char** environ;
 
 namespace constellation {
 namespace {
+
+// Values kept by the store's read cache (kv_cache.h), beside leveldb's 64 MiB block cache.
+constexpr size_t kKvCacheBytes = size_t{32} << 20;
 
 class SystemClock : public Clock {
  public:
@@ -196,7 +200,11 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& dir) {
     }
     return FromLevelDb(s, "open " + dir);
   }
-  return std::unique_ptr<KvStore>(new LevelDbStore(dir, db, std::move(filter), std::move(cache)));
+  // Decoded blocks are still a lookup through the memtable, every level and the block cache away;
+  // the hottest keys are kept as values (kv_cache.h).
+  return std::unique_ptr<KvStore>(new CachedKvStore(
+      std::unique_ptr<KvStore>(new LevelDbStore(dir, db, std::move(filter), std::move(cache))),
+      kKvCacheBytes));
 }
 
 Result<uint64_t> FreeBytes(const std::string& dir) {
