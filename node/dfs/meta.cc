@@ -10,7 +10,8 @@
 namespace constellation {
 namespace {
 
-constexpr uint16_t kInodeVersion = 1;
+// 2 added Inode::flags; 1 is still read (with every flag set).
+constexpr uint16_t kInodeVersion = 2;
 constexpr uint16_t kFsOpVersion = 1;
 constexpr uint32_t kMaxLinks = 65000;
 constexpr int kMaxDepth = 4096;  // bound on the walk up the tree in the rename loop check
@@ -190,6 +191,18 @@ class Tx {
     dir->mtime_ns = dir->ctime_ns = now_ns_;
   }
 
+  // Before the op stages a new open reference to `ino` (one that exists: the op fails otherwise).
+  Status MarkMayBeOpen(uint64_t ino) {
+    Result<Inode> i = Get(ino);
+    if (i.status().code() == Code::kNotFound) return Status::Ok();
+    CN_RETURN_IF_ERROR(i.status());
+    if (!(i->flags & kInodeMayBeOpen)) {
+      i->flags |= kInodeMayBeOpen;
+      Put(*i);
+    }
+    return Status::Ok();
+  }
+
   Result<bool> IsOpen(uint64_t ino) {
     bool open = false;
     CN_RETURN_IF_ERROR(
@@ -208,19 +221,28 @@ class Tx {
     return MaybeFree(*i, result);
   }
   Status MaybeFree(const Inode& i, FsResult* result) {
-    CN_ASSIGN_OR_RETURN(bool open, IsOpen(i.ino));
-    if (i.nlink > 0 || open) {
+    if (i.nlink > 0) {
+      Put(i);
+      return Status::Ok();
+    }
+    bool open = false;
+    if (i.flags & kInodeMayBeOpen) {
+      CN_ASSIGN_OR_RETURN(open, IsOpen(i.ino));
+    }
+    if (open) {
       Put(i);
       return Status::Ok();
     }
     kv_->Delete(InodeKey(i.ino));
     kv_->Delete(LockKey(i.ino));
     std::vector<std::string> xattrs;
-    CN_RETURN_IF_ERROR(
-        kv_->ScanPrefix("f/x/" + BigEndian64(i.ino), [&](std::string_view k, std::string_view) {
-          xattrs.emplace_back(k);
-          return true;
-        }));
+    if (i.flags & kInodeMayHaveXattrs) {
+      CN_RETURN_IF_ERROR(
+          kv_->ScanPrefix("f/x/" + BigEndian64(i.ino), [&](std::string_view k, std::string_view) {
+            xattrs.emplace_back(k);
+            return true;
+          }));
+    }
     for (const std::string& k : xattrs) kv_->Delete(k);
     result->freed.push_back(i.ino);
     return Status::Ok();
@@ -432,6 +454,7 @@ Status SetXattr(Tx* tx, const FsOp& op, FsResult* result) {
     if (count >= kMaxXattrsPerInode) return Status::NoSpace("too many xattrs on this inode");
   }
   tx->kv()->Put(XattrKey(op.ino, op.name), op.value);
+  i.flags |= kInodeMayHaveXattrs;
   i.ctime_ns = tx->now();
   tx->Put(i);
   result->inode = i;
@@ -449,6 +472,7 @@ std::string EncodeInode(const Inode& i) {
     w.Fixed64(static_cast<uint64_t>(v));
   w.Bytes(i.symlink);
   w.Bytes(i.content);
+  w.Fixed32(i.flags);
   return w.Take();
 }
 
@@ -457,12 +481,15 @@ Result<Inode> DecodeInode(std::string_view data) {
   Inode i;
   uint16_t version = 0;
   uint64_t t[4];
-  bool ok = r.Fixed16(&version) && version == kInodeVersion && r.Fixed64(&i.ino) &&
-            r.Fixed64(&i.generation) && r.Fixed64(&i.size) && r.Fixed64(&i.rdev) &&
-            r.Fixed64(&i.entries) && r.Fixed64(&i.parent_hint) && r.Fixed32(&i.mode) &&
-            r.Fixed32(&i.uid) && r.Fixed32(&i.gid) && r.Fixed32(&i.nlink) && r.Fixed64(&t[0]) &&
-            r.Fixed64(&t[1]) && r.Fixed64(&t[2]) && r.Fixed64(&t[3]) &&
-            r.Bytes(&i.symlink, kMaxSymlinkBytes) && r.Bytes(&i.content, 64u << 20) && r.done();
+  bool ok = r.Fixed16(&version) && (version == 1 || version == kInodeVersion) &&
+            r.Fixed64(&i.ino) && r.Fixed64(&i.generation) && r.Fixed64(&i.size) &&
+            r.Fixed64(&i.rdev) && r.Fixed64(&i.entries) && r.Fixed64(&i.parent_hint) &&
+            r.Fixed32(&i.mode) && r.Fixed32(&i.uid) && r.Fixed32(&i.gid) && r.Fixed32(&i.nlink) &&
+            r.Fixed64(&t[0]) && r.Fixed64(&t[1]) && r.Fixed64(&t[2]) && r.Fixed64(&t[3]) &&
+            r.Bytes(&i.symlink, kMaxSymlinkBytes) && r.Bytes(&i.content, 64u << 20);
+  if (ok && version == 1) i.flags = kInodeMayHaveXattrs | kInodeMayBeOpen;
+  if (ok && version >= 2) ok = r.Fixed32(&i.flags);
+  ok = ok && r.done();
   if (!ok) return Status::Corruption("inode record: malformed");
   i.atime_ns = static_cast<int64_t>(t[0]);
   i.mtime_ns = static_cast<int64_t>(t[1]);
@@ -616,7 +643,10 @@ Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) 
        op.type == FsOpType::kRename) &&
       op.ino != 0 && !op.node.empty()) {
     CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(OpenKey(op.ino, op.node)));
-    if (!v) kv->Put(OpenKey(op.ino, op.node), BigEndian64(1));
+    if (!v) {
+      kv->Put(OpenKey(op.ino, op.node), BigEndian64(1));
+      CN_RETURN_IF_ERROR(tx.MarkMayBeOpen(op.ino));
+    }
   }
   switch (op.type) {
     case FsOpType::kInit: {
@@ -721,6 +751,10 @@ Status ApplyOp(uint64_t index, const FsOp& op, KvOverlay* kv, FsResult* result) 
       CN_ASSIGN_OR_RETURN(std::optional<std::string> v, kv->Lookup(OpenKey(op.ino, op.node)));
       uint64_t n = v ? FromBigEndian64(*v) : 0;
       kv->Put(OpenKey(op.ino, op.node), BigEndian64(n + 1));
+      if (!(i.flags & kInodeMayBeOpen)) {
+        i.flags |= kInodeMayBeOpen;
+        tx.Put(i);
+      }
       result->inode = i;
       return Status::Ok();
     }

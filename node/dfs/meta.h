@@ -58,9 +58,17 @@ struct Inode {
   uint64_t parent_hint = 0;  // directories: the parent (for the rename loop check)
   std::string symlink;       // symlinks: the target
   std::string content;  // regular files: the encoded extent list (node/dfs/chunk.h), opaque here
+  // kInodeMay* bits: what freeing the inode must look for. Set when the first xattr or open
+  // reference is added, never cleared; a record older than the field has them all.
+  uint32_t flags = 0;
 
   bool operator==(const Inode&) const = default;
 };
+
+// Inode::flags. Without them, freeing an inode (every last unlink) would scan for keys that
+// almost never exist.
+inline constexpr uint32_t kInodeMayHaveXattrs = 1u << 0;
+inline constexpr uint32_t kInodeMayBeOpen = 1u << 1;  // open references (kOpen, open-unlinked)
 
 std::string EncodeInode(const Inode& inode);
 Result<Inode> DecodeInode(std::string_view data);

@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <cstring>
+
 #include "catch2/catch.hpp"
+#include "node/base/coding.h"
 #include "node/env/env_fake.h"
 
 namespace constellation {
@@ -383,8 +386,80 @@ TEST_CASE("fs: ops round-trip through the codec and the decoder refuses garbage"
   i.ino = 5;
   i.symlink = "t";
   i.content = "c";
+  i.flags = kInodeMayBeOpen;
   CHECK(*DecodeInode(EncodeInode(i)) == i);
   CHECK_FALSE(DecodeInode("x").ok());
+  std::string v2 = EncodeInode(i);
+  for (size_t n = 0; n < v2.size(); ++n) CHECK_FALSE(DecodeInode(v2.substr(0, n)).ok());
+  CHECK_FALSE(DecodeInode(v2 + "x").ok());
+}
+
+// A record as version 1 wrote it (no flags): the version and everything but the trailing flags.
+std::string InodeVersion1(const Inode& i) {
+  std::string v = EncodeInode(i);
+  v.resize(v.size() - 4);
+  uint16_t one = 1;
+  std::memcpy(v.data(), &one, 2);
+  return v;
+}
+
+TEST_CASE("fs: an inode of format 1 reads with every flag, so freeing it still looks everywhere") {
+  Fs fs;
+  Inode f = *fs.Make(FsOpType::kMknod, kFsRootIno, "f");
+  CHECK(fs.Get(f.ino).flags == 0);
+  Result<Inode> old = DecodeInode(InodeVersion1(fs.Get(f.ino)));
+  REQUIRE(old.ok());
+  CHECK(old->flags == (kInodeMayHaveXattrs | kInodeMayBeOpen));
+  // An xattr and an open reference that a format-1 node stored, with the record it left (the
+  // store's key layout, node/dfs/meta.cc).
+  KvStore::Batch b;
+  b.Put("f/i/" + BigEndian64(f.ino), InodeVersion1(fs.Get(f.ino)));
+  b.Put("f/x/" + BigEndian64(f.ino) + "user.a", "1");
+  b.Put("f/o/" + BigEndian64(f.ino) + "n1", BigEndian64(1));
+  REQUIRE(fs.store.Write(b, false).ok());
+  FsResult r;
+  REQUIRE(fs.Remove(FsOpType::kUnlink, kFsRootIno, "f", &r).ok());
+  CHECK(r.freed.empty());  // n1 holds it open
+  FsOp release = fs.Op(FsOpType::kRelease);
+  release.ino = f.ino;
+  release.node = "n1";
+  REQUIRE(fs.Do(release, &r).ok());
+  CHECK(r.freed == std::vector<uint64_t>{f.ino});
+  CHECK(!FsGetXattr(&fs.store, f.ino, "user.a")->has_value());
+}
+
+TEST_CASE("fs: the first xattr and the first open reference mark the inode") {
+  Fs fs;
+  Inode f = *fs.Make(FsOpType::kMknod, kFsRootIno, "f");
+  Inode g = *fs.Make(FsOpType::kMknod, kFsRootIno, "g");
+  Inode h = *fs.Make(FsOpType::kMknod, kFsRootIno, "h");
+  FsOp set = fs.Op(FsOpType::kSetXattr);
+  set.ino = f.ino;
+  set.name = "user.a";
+  set.value = "1";
+  REQUIRE(fs.Do(set).ok());
+  CHECK(fs.Get(f.ino).flags == kInodeMayHaveXattrs);
+  FsOp open = fs.Op(FsOpType::kOpen);
+  open.ino = g.ino;
+  open.node = "n1";
+  REQUIRE(fs.Do(open).ok());
+  CHECK(fs.Get(g.ino).flags == kInodeMayBeOpen);
+  // Unlinked by the node that holds it open: the op's own open reference keeps it.
+  FsOp unlink = fs.Op(FsOpType::kUnlink);
+  unlink.parent = kFsRootIno;
+  unlink.name = "h";
+  unlink.ino = h.ino;
+  unlink.node = "n2";
+  FsResult r;
+  REQUIRE(fs.Do(unlink, &r).ok());
+  CHECK(r.freed.empty());
+  CHECK(fs.Get(h.ino).flags == kInodeMayBeOpen);
+  CHECK(fs.Get(h.ino).nlink == 0);
+  // A refused op marks nothing.
+  unlink.name = "missing";
+  unlink.ino = f.ino;
+  CHECK(fs.Do(unlink).code() == Code::kNotFound);
+  CHECK(fs.Get(f.ino).flags == kInodeMayHaveXattrs);
 }
 
 }  // namespace constellation
