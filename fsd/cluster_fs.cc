@@ -358,20 +358,24 @@ Status ClusterFs::Unseal(File* f, std::unique_lock<std::mutex>& l, uint64_t firs
   return Status::Ok();
 }
 
-Result<FsResult> ClusterFs::Propose(FsOp op, const Caller& c) {
-  if (op.time_ns == 0) op.time_ns = NowNs();
-  op.uid = c.uid;
-  op.gid = c.gid;
+Command ClusterFs::FsCommand(FsOp* op, const Caller& c) {
+  if (op->time_ns == 0) op->time_ns = NowNs();
+  op->uid = c.uid;
+  op->gid = c.gid;
   Command cmd;
   cmd.type = CommandType::kFs;
   cmd.uid = c.uid;
   cmd.gid = c.gid;
   cmd.pid = c.pid;
-  cmd.value = EncodeFsOp(op);
+  cmd.value = EncodeFsOp(*op);
+  return cmd;
+}
+
+Result<FsResult> ClusterFs::Propose(FsOp op, const Caller& c) {
   std::string result;
   // Durable at fsync/close (Flush, SyncMetadata), as POSIX and ext4 have it: on a one-node
   // cluster the answer does not wait for the disk sync (node/state/replica.h, Durability).
-  CN_RETURN_IF_ERROR(options_.replica->Propose(std::move(cmd), &result, Durability::kDeferred));
+  CN_RETURN_IF_ERROR(options_.replica->Propose(FsCommand(&op, c), &result, Durability::kDeferred));
   return DecodeFsResult(result);
 }
 
@@ -589,6 +593,25 @@ Status ClusterFs::Remove(FsOpType type, uint64_t parent, std::string_view name, 
     f->base.reset();  // nlink changed
   }
   return Status::Ok();
+}
+
+void ClusterFs::RemoveAsync(FsOpType type, uint64_t parent, std::string_view name, const Caller& c,
+                            std::function<void(Status)> done) {
+  Result<uint64_t> ino = FsLookup(options_.kv, parent, name);
+  if (ino.ok() && GetFile(*ino, false)) {
+    done(Remove(type, parent, name, c));
+    return;
+  }
+  // Not in the file table: nothing of this node keeps the inode, as in Remove without a File.
+  FsOp op;
+  op.type = type;
+  op.parent = parent;
+  op.name = std::string(name);
+  options_.replica->ProposeAsync(FsCommand(&op, c), Durability::kDeferred,
+                                 [done = std::move(done)](Status verdict, std::string result) {
+                                   if (verdict.ok()) verdict = DecodeFsResult(result).status();
+                                   done(verdict);
+                                 });
 }
 
 Status ClusterFs::Rename(uint64_t parent, std::string_view name, uint64_t new_parent,

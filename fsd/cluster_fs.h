@@ -82,6 +82,13 @@ class ClusterFs {
                            dev_t rdev, std::string_view target, const Caller& c);
   Result<struct stat> Link(uint64_t ino, uint64_t parent, std::string_view name, const Caller& c);
   Status Remove(FsOpType type, uint64_t parent, std::string_view name, const Caller& c);
+  // Remove without holding the calling thread while the op commits: `done` gets Remove's verdict
+  // exactly once, on the calling thread or on the replica's applying thread (so it must not block
+  // on the replica). An inode this node has open or buffered goes through Remove (its open
+  // reference is decided under its lock), so `done` may also run on the calling thread after a
+  // commit.
+  void RemoveAsync(FsOpType type, uint64_t parent, std::string_view name, const Caller& c,
+                   std::function<void(Status)> done);
   Status Rename(uint64_t parent, std::string_view name, uint64_t new_parent,
                 std::string_view new_name, unsigned flags, const Caller& c);
   Result<std::string> ReadLink(uint64_t ino);
@@ -165,6 +172,8 @@ class ClusterFs {
   };
   std::shared_ptr<File> GetFile(uint64_t ino, bool create);
   Result<FsResult> Propose(FsOp op, const Caller& c);
+  // The command Propose and ProposeAsync commit for `op`.
+  static Command FsCommand(FsOp* op, const Caller& c);
   // The caller holds `l` on f->mu; waits for background stores release it meanwhile.
   Status FlushLocked(File* f, std::unique_lock<std::mutex>& l, uint64_t ino, const Caller& c);
   Status LoadBase(File* f, uint64_t ino);

@@ -104,7 +104,8 @@ struct FuseFront::Impl {
   bool wake = false;
   bool stopping = false;
   std::thread dispatcher;
-  // Control-file writes answered later by another thread; the session outlives them (~FuseFront).
+  // Requests answered later by another thread (control-file writes, unlink and rmdir in cluster/);
+  // the session outlives them (~FuseFront).
   size_t async_writes = 0;
   std::condition_variable async_cv;
 
@@ -767,10 +768,20 @@ struct FuseFront::Impl {
     ReplyEntry(req, From(req)->tree->Mkdir(parent, name, CallerOf(req)));
   }
 
+  // The worker goes back to the channel while the removal commits; the reply comes from the
+  // thread that learns the verdict (one hop fewer per unlink).
+  static void ClusterRemove(fuse_req_t req, FsOpType type, fuse_ino_t parent, const char* name) {
+    Impl* m = From(req);
+    m->AsyncWriteStarted();
+    m->cluster->RemoveAsync(type, parent, name, CallerOf(req), [req, m](Status v) {
+      ReplyStatus(req, v);
+      m->AsyncWriteEnded();
+    });
+  }
+
   static void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (IsCluster(req, parent)) {
-      return ReplyStatus(req,
-                         From(req)->cluster->Remove(FsOpType::kRmdir, parent, name, CallerOf(req)));
+      return ClusterRemove(req, FsOpType::kRmdir, parent, name);
     }
     From(req)->tree->RmdirAsync(parent, name, CallerOf(req),
                                 [req](Status v) { ReplyStatus(req, v); });
@@ -804,8 +815,7 @@ struct FuseFront::Impl {
 
   static void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (IsCluster(req, parent)) {
-      return ReplyStatus(
-          req, From(req)->cluster->Remove(FsOpType::kUnlink, parent, name, CallerOf(req)));
+      return ClusterRemove(req, FsOpType::kUnlink, parent, name);
     }
     ReplyStatus(req, From(req)->tree->Refuse(
                          parent, name, "unlink",
