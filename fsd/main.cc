@@ -67,6 +67,9 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     reconnect_interval_ms=2000 leave_timeout_ms=1000 (a clean stop waits this
                     long at most for its `left` to spread)
   --write-timeout-ms N  a write not committed within N ms fails with EAGAIN (default 10000)
+  --agent-nice N    nice value of the thread every commit of this node passes through (-20..19,
+                    default -10: not preempted by the clients it answers or by workloads; 0
+                    leaves it as inherited). Several nodes on one machine (tools/cluster) use 0
   --log-keep N      applied log entries kept for followers before the log is compacted into a
                     snapshot (default 10000); compaction runs every 2 x N entries, less often
                     for a large state (at least its size / 128 bytes of entries apart)
@@ -121,6 +124,7 @@ struct Flags {
   int64_t write_timeout_ms = 10000;
   int64_t join_timeout_s = 60;
   uint64_t log_keep = 10000;
+  int agent_nice = -10;
   std::map<std::string, std::string> interpreters;
   bool leave_instances = false;
   int64_t stop_grace_s = 10;
@@ -300,6 +304,7 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   ro.reserve_bytes = f.reserve_mb << 20;
   ro.propose_timeout_ms = f.write_timeout_ms;
   ro.log_keep = f.log_keep;
+  ro.agent_nice = f.agent_nice;
   std::unique_ptr<ClusterNode> cluster_node;
   if (!f.bind.empty()) {
     ClusterNodeOptions co;
@@ -568,6 +573,7 @@ int Main(int argc, char** argv) {
                                     {"key", required_argument, nullptr, 'k'},
                                     {"write-timeout-ms", required_argument, nullptr, 'w'},
                                     {"log-keep", required_argument, nullptr, 'K'},
+                                    {"agent-nice", required_argument, nullptr, 'N'},
                                     {"join-timeout-s", required_argument, nullptr, 'J'},
                                     {"interpreter", required_argument, nullptr, 'i'},
                                     {"leave-instances", no_argument, nullptr, 'E'},
@@ -686,6 +692,16 @@ int Main(int argc, char** argv) {
       case 'E':
         f.leave_instances = true;
         break;
+      case 'N': {
+        char* end = nullptr;
+        long long v = strtoll(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < -20 || v > 19) {
+          fprintf(stderr, "constellationd: --agent-nice: \"%s\" is not -20..19\n", optarg);
+          return 2;
+        }
+        f.agent_nice = static_cast<int>(v);
+        break;
+      }
       case 's': {
         char* end = nullptr;
         long long v = strtoll(optarg, &end, 10);

@@ -1,7 +1,12 @@
 #include "node/state/replica.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -1004,6 +1009,11 @@ Result<std::unique_ptr<Replica>> Replica::Open(const ReplicaOptions& options) {
   int64_t opened_ms = p->env->clock->MonotonicMs();
   p->agent = std::thread([p, opened_ms] {
     SetThreadName("cn-raft");
+    int nice = p->options.agent_nice;
+    if (nice != 0 && setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice) != 0) {
+      CN_LOG(Warning) << "could not give the agent thread nice " << nice << " ("
+                      << std::strerror(errno) << "); it runs at the inherited priority";
+    }
     p->Run(opened_ms);
   });
   p->syncer = std::thread([p] {

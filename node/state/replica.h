@@ -55,6 +55,11 @@ struct ReplicaOptions {
   size_t max_batch = 1024;             // proposals per log write
   int64_t propose_timeout_ms = 10000;  // longest a proposer waits for its command to apply
   uint64_t log_keep = 10000;           // applied entries kept in the log before compaction
+  // The agent thread's nice value (-20..19; 0 leaves it as inherited). Every commit of the node
+  // passes through that one thread, and each answer it sends wakes a client that would otherwise
+  // preempt it on a busy CPU, stalling every request behind it. Raising it needs CAP_SYS_NICE;
+  // without, a warning is logged and the thread runs as inherited.
+  int agent_nice = 0;
   uint64_t audit_keep = 100000;
   // New commands are refused (NoSpace) while the data dir's file system has less free space than
   // this, so that entries already committed can always be applied.

@@ -27,9 +27,21 @@ out=$("$CONSTELLATIOND" --data "$T/data3" --mount "$T/m3" --name "bad name" 2>&1
 # which pipefail reports as a failure once the text outgrows one stdio buffer.
 [[ "$("$CONSTELLATIOND" --help)" == *--links* ]] || fail "--help documents the flags"
 
+# The thread every commit passes through runs raised (--agent-nice, default -10).
+agent_nice() {
+  local t
+  for t in /proc/$(daemon_pid)/task/*; do
+    [[ "$(cat $t/comm)" == cn-raft ]] && awk '{print $19}' $t/stat
+  done
+}
+expect_eq "$(agent_nice)" -10 "the agent thread's nice value"
+out=$("$CONSTELLATIOND" --data "$D" --mount "$M" --agent-nice 20 2>&1) && fail "--agent-nice 20 accepted"
+[[ "$out" == *"-20..19"* ]] || fail "bad --agent-nice message: $out"
+
 # Clean restart keeps everything.
 stop_daemon
-start_daemon
+start_daemon --agent-nice 0
+expect_eq "$(agent_nice)" 0 "--agent-nice 0 leaves the agent thread as inherited"
 expect_eq "$(cat $C/instances/a/ram_mb)" 1000 "ram_mb after restart"
 expect_eq "$(cat $C/instances/b/cmd)" "sleep 5" "cmd after restart"
 expect_eq "$(cat $C/instances/b/env)" "K=V" "env after restart"
