@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "node/base/fd.h"
+#include "node/runtime/kept_fds_internal.h"
 #include "node/runtime/sysfile.h"
 
 namespace constellation::runtime {
@@ -152,6 +153,8 @@ namespace {
 // Limit-file handles kept open across all groups; past it, writes open the file each time.
 FdBudget kept_limit_fds(4096);
 }  // namespace
+
+FdBudget& KeptLimitFds() { return kept_limit_fds; }
 
 struct Cgroup::LimitFiles {
   std::mutex mu;

@@ -21,6 +21,7 @@
 #include "node/base/fd.h"
 #include "node/base/log.h"
 #include "node/base/thread_name.h"
+#include "node/runtime/kept_fds_internal.h"
 #include "node/runtime/scratch.h"
 #include "node/runtime/sysfile.h"
 
@@ -30,6 +31,8 @@ namespace {
 // Spec files kept open across all instances (PersistSpec); past it, a rewrite opens the file.
 FdBudget kept_spec_fds(4096);
 }  // namespace
+
+FdBudget& KeptSpecFds() { return kept_spec_fds; }
 
 // An instance's spec file, kept open for rewrites in place: a limit change rewrote it through
 // open, fstat, pwrite and close, an eighth of a cluster leader's CPU under 64 writers.

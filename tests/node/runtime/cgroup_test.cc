@@ -14,6 +14,7 @@
 #include <string>
 
 #include "catch2/catch.hpp"
+#include "node/runtime/kept_fds_internal.h"
 #include "node/runtime/sysfile.h"
 #include "tests/node/runtime/test_util.h"
 
@@ -116,6 +117,32 @@ TEST_CASE("cgroup: SetLimits with the current limits writes only what changed") 
   // Without `current` everything is written again.
   REQUIRE(cg->SetLimits(b).ok());
   REQUIRE(pids() == "20");
+}
+
+TEST_CASE("cgroup: with no handle left to keep, live limit changes open the file each time") {
+  if (!CanRunRootTests()) return;
+  Cleanup cleanup;
+  auto layout = DetectCgroupLayout();
+  REQUIRE(layout.ok());
+  int taken = 0;
+  while (KeptLimitFds().Take()) ++taken;
+  struct Give {
+    int n;
+    ~Give() { KeptLimitFds().Give(n); }
+  } give{taken};
+  auto cg = Cgroup::Create(*layout, TestCgroupPath("nofds"));
+  REQUIRE(cg.ok());
+  auto memory = [&] { return ReadLimit(*cg, {"memory.limit_in_bytes", "memory.max"}); };
+  CgroupLimits a{.memory_bytes = 64 << 20, .cpu_percent = 50, .pids_max = 20};
+  REQUIRE(cg->SetLimits(a).ok());
+  for (int64_t mb : {96, 32, 80}) {
+    CgroupLimits next = a;
+    next.memory_bytes = mb << 20;
+    REQUIRE(cg->SetLimits(next, &a).ok());
+    CHECK(memory() == std::to_string(mb << 20));
+    a = next;
+  }
+  CHECK(KeptLimitFds().used() == taken);  // nothing kept beyond the budget
 }
 
 TEST_CASE("cgroup: create, limits, stats, processes, remove") {

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "catch2/catch.hpp"
+#include "node/runtime/kept_fds_internal.h"
 #include "node/runtime/scratch.h"
 #include "node/runtime/sysfile.h"
 #include "tests/node/runtime/test_util.h"
@@ -413,6 +414,33 @@ TEST_CASE("runtime: every spec change reaches the spec file, also one that outgr
   spec.ram_mb = 512;  // the recreated runtime knows 448: only a change is written
   REQUIRE(env.rt->Apply(spec).ok());
   CHECK(on_disk().find("ram_mb=512\n") != std::string::npos);
+}
+
+TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach the spec file") {
+  if (!CanRunRootTests()) return;
+  int taken = 0;
+  while (KeptSpecFds().Take()) ++taken;
+  struct Give {
+    int n;
+    ~Give() { KeptSpecFds().Give(n); }
+  } give{taken};
+  Env env;
+  env.Open();
+  InstanceSpec spec = env.Spec("nofd", "sleep 1000");
+  spec.desired = Desired::kStopped;
+  REQUIRE(env.rt->Apply(spec).ok());
+  std::string path = env.opts.data_dir + "/nofd/spec";
+  for (int mb : {192, 320}) {
+    spec.ram_mb = mb;
+    REQUIRE(env.rt->Apply(spec).ok());
+    Result<std::string> text = ReadSmallFile(path);
+    REQUIRE(text.ok());
+    CHECK(text->find("ram_mb=" + std::to_string(mb) + "\n") != std::string::npos);
+  }
+  CHECK(KeptSpecFds().used() == taken);
+  env.rt.reset();
+  env.Open();
+  CHECK(env.Get("nofd").desired == Desired::kStopped);  // adopted from the spec file
 }
 
 TEST_CASE("runtime: adopt after the runtime is recreated; never duplicated") {
