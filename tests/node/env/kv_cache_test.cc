@@ -170,12 +170,23 @@ class GatedStore : public KvStore {
   Gate writes_;
 };
 
-TEST_CASE("kv cache: a value read before a write is not kept after the write") {
+// "a" = "1" in a store behind a gate, behind the cache.
+struct Gated {
   FakeKvStore store;
-  REQUIRE(Put(&store, "a", "1").ok());
-  auto gated = std::make_unique<GatedStore>(&store);
-  GatedStore* gate = gated.get();
-  CachedKvStore kv(std::move(gated), 1 << 20);
+  GatedStore* gate = nullptr;
+  std::unique_ptr<CachedKvStore> kv;
+  Gated() {
+    REQUIRE(Put(&store, "a", "1").ok());
+    auto gated = std::make_unique<GatedStore>(&store);
+    gate = gated.get();
+    kv = std::make_unique<CachedKvStore>(std::move(gated), 1 << 20);
+  }
+};
+
+TEST_CASE("kv cache: a value read before a write is not kept after the write") {
+  Gated g;
+  GatedStore* gate = g.gate;
+  CachedKvStore& kv = *g.kv;
   // A miss reads "1" and is held before it installs anything; "2" is written meanwhile.
   gate->HoldGets(true);
   std::string read;
@@ -191,11 +202,9 @@ TEST_CASE("kv cache: a value read before a write is not kept after the write") {
 }
 
 TEST_CASE("kv cache: a value read while a write is in progress is not kept") {
-  FakeKvStore store;
-  REQUIRE(Put(&store, "a", "1").ok());
-  auto gated = std::make_unique<GatedStore>(&store);
-  GatedStore* gate = gated.get();
-  CachedKvStore kv(std::move(gated), 1 << 20);
+  Gated g;
+  GatedStore* gate = g.gate;
+  CachedKvStore& kv = *g.kv;
   // Reader 1 reads "1" and is held. The write of "2" reaches the store and is held before the
   // cache hears of it. Reader 2 misses and reads "2". Then reader 1 goes on.
   gate->HoldGets(true);

@@ -124,12 +124,8 @@ TEST_CASE("cgroup: with no handle left to keep, live limit changes open the file
   Cleanup cleanup;
   auto layout = DetectCgroupLayout();
   REQUIRE(layout.ok());
-  int taken = 0;
-  while (KeptLimitFds().Take()) ++taken;
-  struct Give {
-    int n;
-    ~Give() { KeptLimitFds().Give(n); }
-  } give{taken};
+  testing::BudgetUsedUp used_up(KeptLimitFds());
+  const int all = used_up.all();
   auto cg = Cgroup::Create(*layout, TestCgroupPath("nofds"));
   REQUIRE(cg.ok());
   auto memory = [&] { return ReadLimit(*cg, {"memory.limit_in_bytes", "memory.max"}); };
@@ -142,7 +138,7 @@ TEST_CASE("cgroup: with no handle left to keep, live limit changes open the file
     CHECK(memory() == std::to_string(mb << 20));
     a = next;
   }
-  CHECK(KeptLimitFds().used() == taken);  // nothing kept beyond the budget
+  CHECK(KeptLimitFds().used() == all);  // nothing kept beyond the budget
 }
 
 TEST_CASE("cgroup: create, limits, stats, processes, remove") {

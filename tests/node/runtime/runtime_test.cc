@@ -418,12 +418,8 @@ TEST_CASE("runtime: every spec change reaches the spec file, also one that outgr
 
 TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach the spec file") {
   if (!CanRunRootTests()) return;
-  int taken = 0;
-  while (KeptSpecFds().Take()) ++taken;
-  struct Give {
-    int n;
-    ~Give() { KeptSpecFds().Give(n); }
-  } give{taken};
+  testing::BudgetUsedUp used_up(KeptSpecFds());
+  const int all = used_up.all();
   Env env;
   env.Open();
   InstanceSpec spec = env.Spec("nofd", "sleep 1000");
@@ -437,7 +433,7 @@ TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach th
     REQUIRE(text.ok());
     CHECK(text->find("ram_mb=" + std::to_string(mb) + "\n") != std::string::npos);
   }
-  CHECK(KeptSpecFds().used() == taken);
+  CHECK(KeptSpecFds().used() == all);
   env.rt.reset();
   env.Open();
   CHECK(env.Get("nofd").desired == Desired::kStopped);  // adopted from the spec file

@@ -7,7 +7,27 @@
 #include <string>
 #include <vector>
 
+#include "node/base/fd.h"
+
 namespace constellation::runtime::testing {
+
+// Takes every free slot of `budget` for its lifetime (to reach the paths past a kept-descriptor
+// cap); gives them back when it goes.
+class BudgetUsedUp {
+ public:
+  explicit BudgetUsedUp(FdBudget& budget) : budget_(budget) {
+    while (budget_.Take()) ++taken_;
+  }
+  ~BudgetUsedUp() { budget_.Give(taken_); }
+  BudgetUsedUp(const BudgetUsedUp&) = delete;
+  BudgetUsedUp& operator=(const BudgetUsedUp&) = delete;
+  // Slots in use while it holds them: everything.
+  int all() const { return budget_.used(); }
+
+ private:
+  FdBudget& budget_;
+  int taken_ = 0;
+};
 
 // True when this process may create cgroups and namespaces (root with the needed controllers).
 // Otherwise prints why once; root tests then pass without checking anything.
