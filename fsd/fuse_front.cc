@@ -11,7 +11,9 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -106,16 +108,24 @@ struct FuseFront::Impl {
   std::thread dispatcher;
   // Requests answered later by another thread (control-file writes, unlink and rmdir in cluster/);
   // the session outlives them (~FuseFront).
-  size_t async_writes = 0;
-  std::condition_variable async_cv;
+  size_t late_replies = 0;
+  std::condition_variable late_cv;
 
-  void AsyncWriteStarted() {
+  void LateReplyStarted() {
     std::lock_guard<std::mutex> l(mu);
-    ++async_writes;
+    ++late_replies;
   }
-  void AsyncWriteEnded() {
+  void LateReplyEnded() {
     std::lock_guard<std::mutex> l(mu);
-    if (--async_writes == 0) async_cv.notify_all();
+    if (--late_replies == 0) late_cv.notify_all();
+  }
+  // A completion that answers `req` with its verdict, counted until it has.
+  std::function<void(Status)> ReplyLater(fuse_req_t req) {
+    LateReplyStarted();
+    return [this, req](Status v) {
+      ReplyStatus(req, v);
+      LateReplyEnded();
+    };
   }
 
   static Impl* From(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
@@ -660,7 +670,7 @@ struct FuseFront::Impl {
       fuse_reply_write(req, size);
       return;
     }
-    self->AsyncWriteStarted();
+    self->LateReplyStarted();
     if (!h->accumulate) {
       return self->tree->WriteAsync(ino, std::string_view(buf, size), CallerOf(req),
                                     [self, req, size](Status v) {
@@ -669,7 +679,7 @@ struct FuseFront::Impl {
                                       } else {
                                         ReplyStatus(req, v);
                                       }
-                                      self->AsyncWriteEnded();
+                                      self->LateReplyEnded();
                                     });
     }
     QueuedWrite w{req, ino, std::string(buf, size), off};
@@ -705,10 +715,11 @@ struct FuseFront::Impl {
       keep = true;
     }
     fuse_req_t req = w.req;
-    std::string value = next;
-    self->tree->WriteAsync(w.ino, value, CallerOf(req),
-                           [self, h, req, size, keep, next = std::move(next)](Status v) mutable {
-                             ValueWritten(self, h, req, size, keep ? &next : nullptr, v);
+    // Shared by the call and its completion, which keeps it: one copy of the value, not two.
+    auto value = std::make_shared<std::string>(std::move(next));
+    self->tree->WriteAsync(w.ino, *value, CallerOf(req),
+                           [self, h, req, size, keep, value](Status v) {
+                             ValueWritten(self, h, req, size, keep ? value.get() : nullptr, v);
                            });
   }
 
@@ -734,7 +745,7 @@ struct FuseFront::Impl {
     } else {
       ReplyStatus(req, v);
     }
-    self->AsyncWriteEnded();
+    self->LateReplyEnded();
   }
 
   static void Poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhandle* ph) {
@@ -772,11 +783,7 @@ struct FuseFront::Impl {
   // thread that learns the verdict (one hop fewer per unlink).
   static void ClusterRemove(fuse_req_t req, FsOpType type, fuse_ino_t parent, const char* name) {
     Impl* m = From(req);
-    m->AsyncWriteStarted();
-    m->cluster->RemoveAsync(type, parent, name, CallerOf(req), [req, m](Status v) {
-      ReplyStatus(req, v);
-      m->AsyncWriteEnded();
-    });
+    m->cluster->RemoveAsync(type, parent, name, CallerOf(req), m->ReplyLater(req));
   }
 
   static void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -968,9 +975,9 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
 
 FuseFront::~FuseFront() {
   {
-    // Control-file writes still waiting for their verdict reply through the session.
+    // Requests still waiting for their verdict reply through the session.
     std::unique_lock<std::mutex> l(impl_->mu);
-    impl_->async_cv.wait(l, [&] { return impl_->async_writes == 0; });
+    impl_->late_cv.wait(l, [&] { return impl_->late_replies == 0; });
   }
   impl_->hub->SetListener(nullptr);
   {

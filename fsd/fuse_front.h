@@ -8,10 +8,10 @@
 // A control-file write holds no worker thread either: it is answered by the thread that learns
 // its verdict (the replica's agent thread once it is applied, or the instance agent's worker once
 // the runtime acted on it); writes through one open value file are applied one at a time, in
-// order. The destructor waits for the writes still in flight (at most the replica's
-// propose_timeout_ms) before it unmounts.
-// Thread-safety: the FUSE callbacks run on libfuse's worker threads; everything they share is
-// guarded inside.
+// order. So do unlink and rmdir in cluster/ (answered by the replica's agent thread). The
+// destructor waits for every such answer still owed (at most the replica's propose_timeout_ms)
+// before it unmounts. Thread-safety: the FUSE callbacks run on libfuse's worker threads; everything
+// they share is guarded inside.
 #ifndef CONSTELLATION_FSD_FUSE_FRONT_H_
 #define CONSTELLATION_FSD_FUSE_FRONT_H_
 
@@ -49,7 +49,7 @@ class FuseFront {
  public:
   // Creates the session and mounts it (options: default_permissions, allow_other).
   static Result<std::unique_ptr<FuseFront>> Mount(const FuseFrontOptions& options);
-  ~FuseFront();  // waits for the control-file writes in flight, then unmounts
+  ~FuseFront();  // waits for the answers still owed (see above), then unmounts
 
   // Serves requests until the session ends (signal handlers installed by the caller, or Exit()).
   Status Run();
