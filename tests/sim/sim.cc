@@ -715,16 +715,16 @@ class Simulation {
   // a different entry at a recorded index is a safety violation.
   void Record(Node& node, const Entry& e, const char* how) {
     uint64_t h = HashBytes(e.data) ^ (static_cast<uint64_t>(e.type) << 63);
-    auto [it, inserted] = committed_.emplace(e.index, std::make_pair(e.term, h));
     // The term it was committed in is at most the observer's: a node learns a commit from the
     // leader that made it, or later.
     uint64_t seen_term = node.raft ? node.raft->term() : UINT64_MAX;
-    auto [ct, fresh] = commit_term_.emplace(e.index, seen_term);
-    if (!fresh) ct->second = std::min(ct->second, seen_term);
-    if (!inserted && (it->second.first != e.term || it->second.second != h)) {
+    auto [it, inserted] = committed_.emplace(e.index, Committed{e.term, h, seen_term});
+    if (inserted) return;
+    it->second.seen_term = std::min(it->second.seen_term, seen_term);
+    if (it->second.term != e.term || it->second.hash != h) {
       Fail("state machine safety: node " + node.id + " " + how + " entry " +
            std::to_string(e.term) + "/" + std::to_string(e.index) + " but " +
-           std::to_string(it->second.first) + "/" + std::to_string(e.index) +
+           std::to_string(it->second.term) + "/" + std::to_string(e.index) +
            " was committed before");
     }
   }
@@ -786,8 +786,8 @@ class Simulation {
     // of an old term can come to power after a newer leader committed entries: node 1 wins term 1
     // with a vote that arrives late, while node 3 leads term 2.)
     uint64_t known = 0;
-    for (auto it = commit_term_.rbegin(); it != commit_term_.rend(); ++it) {
-      if (it->second < r.term()) {
+    for (auto it = committed_.rbegin(); it != committed_.rend(); ++it) {
+      if (it->second.seen_term < r.term()) {
         known = it->first;
         break;
       }
@@ -805,12 +805,12 @@ class Simulation {
     if (!r.Entries(lo, known + 1, &ents).ok()) return;
     for (const Entry& e : ents) {
       auto ci = committed_.find(e.index);
-      if (ci == committed_.end() || commit_term_[e.index] >= r.term()) continue;
+      if (ci == committed_.end() || ci->second.seen_term >= r.term()) continue;
       uint64_t h = HashBytes(e.data) ^ (static_cast<uint64_t>(e.type) << 63);
-      if (ci->second.first != e.term || ci->second.second != h) {
+      if (ci->second.term != e.term || ci->second.hash != h) {
         Fail("leader completeness: " + node.id + " leads term " + std::to_string(r.term()) +
              " with entry " + std::to_string(e.term) + "/" + std::to_string(e.index) + " where " +
-             std::to_string(ci->second.first) + "/" + std::to_string(e.index) + " is committed");
+             std::to_string(ci->second.term) + "/" + std::to_string(e.index) + " is committed");
         return;
       }
     }
@@ -927,10 +927,14 @@ class Simulation {
     }
   };
   Cut cut_;  // links cut by the current partition
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> committed_;  // index -> (term, data hash)
-  // index -> the lowest term a node was in when it saw the entry committed (>= the term it was
-  // committed in)
-  std::map<uint64_t, uint64_t> commit_term_;
+  struct Committed {
+    uint64_t term;
+    uint64_t hash;  // of the entry's data and type
+    // The lowest term a node was in when it saw the entry committed (>= the term it was
+    // committed in).
+    uint64_t seen_term;
+  };
+  std::map<uint64_t, Committed> committed_;  // by index
   std::map<uint64_t, uint64_t> state_hash_;
   std::map<uint64_t, std::string> leaders_;
   std::string failure_;
