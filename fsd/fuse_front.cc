@@ -106,8 +106,8 @@ struct FuseFront::Impl {
   bool wake = false;
   bool stopping = false;
   std::thread dispatcher;
-  // Requests answered later by another thread (control-file writes, unlink and rmdir in cluster/);
-  // the session outlives them (~FuseFront).
+  // Requests answered later by another thread (control-file writes, rmdir of an instance, unlink
+  // and rmdir in cluster/); the session outlives them (~FuseFront).
   size_t late_replies = 0;
   std::condition_variable late_cv;
 
@@ -790,8 +790,7 @@ struct FuseFront::Impl {
     if (IsCluster(req, parent)) {
       return ClusterRemove(req, FsOpType::kRmdir, parent, name);
     }
-    From(req)->tree->RmdirAsync(parent, name, CallerOf(req),
-                                [req](Status v) { ReplyStatus(req, v); });
+    From(req)->tree->RmdirAsync(parent, name, CallerOf(req), From(req)->ReplyLater(req));
   }
 
   static void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,

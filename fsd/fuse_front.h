@@ -8,10 +8,12 @@
 // A control-file write holds no worker thread either: it is answered by the thread that learns
 // its verdict (the replica's agent thread once it is applied, or the instance agent's worker once
 // the runtime acted on it); writes through one open value file are applied one at a time, in
-// order. So do unlink and rmdir in cluster/ (answered by the replica's agent thread). The
-// destructor waits for every such answer still owed (at most the replica's propose_timeout_ms)
-// before it unmounts. Thread-safety: the FUSE callbacks run on libfuse's worker threads; everything
-// they share is guarded inside.
+// order. So do rmdir of an instance (answered once the runtime removed it) and unlink and rmdir in
+// cluster/ (answered by the replica's agent thread). The destructor waits for every such answer
+// still owed (at most the replica's propose_timeout_ms, or the instance agent's settle timeout)
+// before it unmounts.
+// Thread-safety: the FUSE callbacks run on libfuse's worker threads; everything they share is
+// guarded inside.
 #ifndef CONSTELLATION_FSD_FUSE_FRONT_H_
 #define CONSTELLATION_FSD_FUSE_FRONT_H_
 
