@@ -106,6 +106,9 @@ class InstanceAgent {
   void Shutdown();
 
  private:
+  // Whether `c` needs no handling here: its instance is neither placed on this node nor held by
+  // anything of it (mu_ held).
+  bool Elsewhere(const InstanceChange& c) const;
   struct Entry {
     uint64_t changed_seq = 0;  // the newest change queued
     uint64_t handled_seq = 0;  // the newest change handled

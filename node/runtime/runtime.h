@@ -179,6 +179,8 @@ class Runtime {
   // usage=false leaves out what needs file reads (ram, oom_kills, pids, disk): it only takes a
   // short internal lock, never does I/O.
   Result<InstanceStatus> Get(const std::string& name, bool usage = true) const;
+  // Whether Get would find `name` (a removal in progress counts until it is finished).
+  bool Has(const std::string& name) const;
   std::vector<std::string> List() const;
   // <data_dir>/<name>/log; exists once the instance has been started.
   std::string LogPath(const std::string& name) const;

@@ -334,7 +334,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       // replica records the same node, so exactly one node's agent runs it.
       r.node = c.node;
       PutInstance(r, batch);
-      staged_.changes.push_back({r.name, ""});
+      staged_.changes.push_back({r.name, "", false, {}});
       events->push_back(t + "instance_created " + r.name + " uid=" + std::to_string(c.uid));
       return Status::Ok();
     }
@@ -344,7 +344,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
       }
       batch->Delete(keys::kInstancePrefix + c.object);
       staged_.instances[c.object] = std::nullopt;
-      staged_.changes.push_back({c.object, ""});
+      staged_.changes.push_back({c.object, "", false, {}});
       events->push_back(t + "instance_removed " + c.object);
       return Status::Ok();
     }
@@ -364,7 +364,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
         fields = "spec";
       }
       PutInstance(*r, batch);
-      staged_.changes.push_back({r->name, ""});
+      staged_.changes.push_back({r->name, "", false, {}});
       events->push_back(t + "instance_updated " + r->name + " fields=" + fields);
       return Status::Ok();
     }
@@ -380,7 +380,7 @@ Status StateMachine::ApplyCommand(const Command& c, KvStore::Batch* batch,
         return Status::InvalidArgument("ctl: unknown verb " + verb);
       }
       PutInstance(*r, batch);
-      staged_.changes.push_back({r->name, c.value});
+      staged_.changes.push_back({r->name, c.value, false, {}});
       events->push_back(t + "instance_ctl " + r->name + " verb=" + verb);
       return Status::Ok();
     }
@@ -395,6 +395,11 @@ void StateMachine::CommitStaged() {
     std::unique_lock<std::shared_mutex> l(mu_);
     CommitStagedLocked();
     changes.swap(staged_.changes);
+    for (InstanceChange& c : changes) {
+      auto it = instances_.find(c.name);
+      c.exists = it != instances_.end();
+      if (c.exists) c.node = it->second.node;
+    }
     fs_changes.swap(staged_.fs_changes);
     staged_ = Staged{};
   }

@@ -66,6 +66,10 @@ struct InstanceChange {
   // The ctl verb the command carried ("start", "stop", "restart", "kill 9"), or "" for a change of
   // the record itself (created, configured, removed): read the record for its new value.
   std::string verb;
+  // The record once the batch that made the change was applied: whether it exists, and the node
+  // it is placed on. A later batch may have changed it again by the time this is read.
+  bool exists = false;
+  std::string node;
 };
 
 // An applied file-system op, for the node's ClusterFs to drop what it and the kernel cache of the

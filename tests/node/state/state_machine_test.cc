@@ -111,12 +111,24 @@ TEST_CASE("committed instance changes reach the observer, refused ones do not") 
   CHECK(seen[0].name == "a");
   CHECK(seen[0].verb.empty());
   CHECK(seen[2].verb == "kill 9");
+  for (const InstanceChange& c : seen) {
+    CHECK(c.exists);
+    CHECK(c.node == "n1");  // placed on the node that made it
+  }
   seen.clear();
   CHECK(apply(Cmd(CommandType::kInstanceRemove, "a")).ok());
   sm.DropStaged();  // a batch that failed to write changes nothing
   CHECK(apply(Cmd(CommandType::kNoop, "")).ok());
   sm.CommitStaged();
   CHECK(seen.empty());
+  // A change and a removal in one batch: both say the record is gone once the batch is applied.
+  CHECK(apply(Cmd(CommandType::kInstanceSet, "a", "ram_mb", "128")).ok());
+  CHECK(apply(Cmd(CommandType::kInstanceRemove, "a")).ok());
+  sm.CommitStaged();
+  REQUIRE(seen.size() == 2);
+  CHECK_FALSE(seen[0].exists);
+  CHECK_FALSE(seen[1].exists);
+  CHECK(seen[1].node.empty());
 }
 
 TEST_CASE("audit keeps only the newest lines") {
