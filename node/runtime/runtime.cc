@@ -76,6 +76,9 @@ struct Runtime::Instance {
   // lock (launching); meanwhile the core is `starting` and takes other inputs as such.
   bool spawn_queued = false;
   bool launching = false;
+  // The spec's limits are not in the cgroup yet: they changed while no process ran, and are
+  // written when one starts (PrepareSpawn).
+  bool limits_deferred = false;
   std::optional<InstanceSpec> recreate;  // mkdir of the same name while it was being removed
   bool stopped_by_shutdown = false;
   // cpu_percent sampling
@@ -597,9 +600,13 @@ std::optional<Event> Runtime::PrepareSpawn(Instance* inst, PreparedLaunch* p) {
     auto cg = Cgroup::Create(layout_, cgroup_base_ + "/" + inst->name);
     if (!cg.ok()) return ev::StartFailed{"start: cgroup: " + cg.status().message(), false};
     inst->cgroup = *cg;
+    inst->limits_deferred = true;  // a new group has none of them
+  }
+  if (inst->limits_deferred) {
     st = inst->cgroup.SetLimits(
         {s.ram_mb << 20, s.cpu_percent, s.pids_max > 0 ? s.pids_max : options_.pids_max});
     if (!st.ok()) return ev::StartFailed{"start: cgroup: " + st.message(), false};
+    inst->limits_deferred = false;
   }
   auto oom = inst->cgroup.OomKills();
   p->oom_baseline = oom.ok() ? *oom : 0;
@@ -1036,12 +1043,21 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
     const InstanceSpec& old = inst->spec;
     CgroupLimits old_limits{old.ram_mb << 20, old.cpu_percent,
                             old.pids_max > 0 ? old.pids_max : options_.pids_max};
-    if (!(limits == old_limits)) {
-      Status s = inst->cgroup.SetLimits(limits, &old_limits);
+    bool idle =
+        !inst->lc.has_process() && !inst->spawn_queued && !inst->launching && inst->pidfd < 0;
+    if (!(limits == old_limits) && idle) {
+      // Nothing runs in the group for them to limit: the cgroup writes (an eighth of a cluster
+      // leader's CPU under 64 ram_mb writers) wait for the next start.
+      inst->limits_deferred = true;
+    } else if (!(limits == old_limits)) {
+      // With limits deferred (a start is queued), the group holds none of old_limits: all again.
+      Status s = inst->cgroup.SetLimits(limits, inst->limits_deferred ? nullptr : &old_limits);
       if (!s.ok()) {
         inst->cgroup.SetLimits(old_limits).ok();  // never half-applied: all of them again
+        inst->limits_deferred = true;             // and once more at the start, to be sure
         return s;
       }
+      inst->limits_deferred = false;
     }
     if (spec.disk_mb != old.disk_mb && inst->lc.has_process()) {
       ScratchConfig sc{inst->dir + "/work",
@@ -1200,6 +1216,11 @@ Status Runtime::Sync(const std::vector<InstanceSpec>& specs) {
   for (const auto& s : specs) WaitLaunched(&lock, s.name);
   UnlockAndDeliver(&lock);
   return first;
+}
+
+bool Runtime::Has(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(status_mu_);
+  return snapshots_.count(name) > 0;
 }
 
 Result<InstanceStatus> Runtime::Get(const std::string& name, bool usage) const {

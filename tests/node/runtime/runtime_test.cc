@@ -346,6 +346,58 @@ TEST_CASE("runtime: cpu_percent holds a busy loop, and limits change live") {
   RequireNoZombies();
 }
 
+TEST_CASE("runtime: limits changed while nothing runs reach the group at the next start") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  const CgroupLayout& l = env.rt->cgroup_layout();
+  auto memory = [&] {
+    return l.version == CgroupVersion::kV2
+               ? ReadFileOrEmpty(env.CgroupFile("idle", "", "memory.max"))
+               : ReadFileOrEmpty(env.CgroupFile("idle", "memory", "memory.limit_in_bytes"));
+  };
+  auto cpu = [&] {
+    return l.version == CgroupVersion::kV2
+               ? ReadFileOrEmpty(env.CgroupFile("idle", "", "cpu.max"))
+               : ReadFileOrEmpty(env.CgroupFile("idle", "cpu", "cpu.cfs_quota_us"));
+  };
+  InstanceSpec s = env.Spec("idle", "sleep 1000");
+  s.desired = Desired::kStopped;
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(memory() == std::to_string(128 << 20) + "\n");  // a new group gets them at once
+  // A raise and a lowering while stopped: the group may lag, the spec does not.
+  s.ram_mb = 512;
+  REQUIRE(env.rt->Apply(s).ok());
+  s.ram_mb = 300;
+  s.cpu_percent = 50;
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(env.Get("idle").state == "created");
+  s.desired = Desired::kRunning;
+  REQUIRE(env.rt->Apply(s).ok());  // returns after exec
+  pid_t pid = env.Get("idle").pid;
+  REQUIRE(pid > 0);
+  CHECK(memory() == std::to_string(300 << 20) + "\n");
+  CHECK(cpu() == (l.version == CgroupVersion::kV2 ? "50000 100000\n" : "50000\n"));
+  // Running: a change is written at once again.
+  s.ram_mb = 200;
+  REQUIRE(env.rt->Apply(s).ok());
+  CHECK(memory() == std::to_string(200 << 20) + "\n");
+  REQUIRE(env.Get("idle").pid == pid);
+  // Stopped again, changed, started: the new run has the new limit.
+  size_t mark = env.rec.size();
+  REQUIRE(env.rt->Control("idle", "stop").ok());
+  env.rec.WaitFor("idle", "instance_stopped", mark);
+  s.desired = Desired::kStopped;
+  s.ram_mb = 600;
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(env.rt->Control("idle", "start").ok());
+  REQUIRE(env.Get("idle").state == "running");
+  CHECK(memory() == std::to_string(600 << 20) + "\n");
+  REQUIRE(env.rt->Control("idle", "kill KILL").ok());
+  env.rec.WaitFor("idle", "instance_failed");
+  RequireNoZombies();
+}
+
 TEST_CASE("runtime: on-failure restarts with capped exponential back-off") {
   if (!CanRunRootTests()) return;
   Env env;
