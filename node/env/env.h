@@ -68,6 +68,19 @@ class KvStore {
   // limit means "to the end". Sees a consistent snapshot.
   virtual Status Scan(std::string_view start, std::string_view limit,
                       const std::function<bool(std::string_view, std::string_view)>& fn) = 0;
+
+  // The store as it was when NewView returned: a View's Scan sees no later write. A View is safe
+  // to use from any thread and must not outlive its store. NotSupported by a store that cannot
+  // make one.
+  class View {
+   public:
+    virtual ~View() = default;
+    virtual Status Scan(std::string_view start, std::string_view limit,
+                        const std::function<bool(std::string_view, std::string_view)>& fn) = 0;
+  };
+  virtual Result<std::unique_ptr<View>> NewView() {
+    return Status::NotSupported("this store makes no views");
+  }
 };
 
 // Opens (creating if missing) the leveldb store in `dir`. leveldb's own LOCK file makes a second

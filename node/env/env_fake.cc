@@ -73,6 +73,54 @@ Status FakeKvStore::Scan(std::string_view start, std::string_view limit,
   return Status::Ok();
 }
 
+void FakeKvStore::HoldViewScans(bool hold) {
+  {
+    std::lock_guard<std::mutex> l(hold_mu_);
+    hold_views_ = hold;
+  }
+  hold_cv_.notify_all();
+}
+
+void FakeKvStore::WaitForHeldViewScan() {
+  std::unique_lock<std::mutex> h(hold_mu_);
+  hold_cv_.wait(h, [&] { return views_held_ > 0; });
+}
+
+void FakeKvStore::WaitWhileViewsHeld() {
+  std::unique_lock<std::mutex> h(hold_mu_);
+  if (!hold_views_) return;
+  ++views_held_;
+  hold_cv_.notify_all();
+  hold_cv_.wait(h, [&] { return !hold_views_; });
+  --views_held_;
+}
+
+namespace {
+class CopyView : public KvStore::View {
+ public:
+  CopyView(FakeKvStore* store, std::map<std::string, std::string, std::less<>> keys)
+      : store_(store), keys_(std::move(keys)) {}
+  Status Scan(std::string_view start, std::string_view limit,
+              const std::function<bool(std::string_view, std::string_view)>& fn) override {
+    store_->WaitWhileViewsHeld();
+    for (auto it = keys_.lower_bound(start); it != keys_.end(); ++it) {
+      if (!limit.empty() && it->first >= limit) break;
+      if (!fn(it->first, it->second)) break;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  FakeKvStore* store_;
+  const std::map<std::string, std::string, std::less<>> keys_;
+};
+}  // namespace
+
+Result<std::unique_ptr<KvStore::View>> FakeKvStore::NewView() {
+  std::lock_guard<std::mutex> l(mu_);
+  return std::unique_ptr<View>(new CopyView(this, live_));
+}
+
 void FakeKvStore::Crash() {
   std::lock_guard<std::mutex> l(mu_);
   live_ = durable_;
@@ -95,6 +143,7 @@ class SharedKvStore : public KvStore {
               const std::function<bool(std::string_view, std::string_view)>& fn) override {
     return kv_->Scan(s, l, fn);
   }
+  Result<std::unique_ptr<View>> NewView() override { return kv_->NewView(); }
 
  private:
   KvStore* kv_;

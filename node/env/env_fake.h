@@ -49,6 +49,8 @@ class FakeKvStore : public KvStore {
   Status Sync() override;
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override;
+  // A copy of what Scan would see now.
+  Result<std::unique_ptr<View>> NewView() override;
 
   // A KvStore handle onto this store (which must outlive it), for code that takes ownership of
   // its store (Replica::Open through Env::open_kv) while the test keeps the store to crash it.
@@ -62,7 +64,14 @@ class FakeKvStore : public KvStore {
   void HoldSyncs(bool hold);
   // The next `count` Sync() calls fail with `status` and make nothing durable.
   void FailNextSyncs(int count, Status status);
+  // While held, a View's Scan waits before reading (a long copy), so a test can act meanwhile.
+  void HoldViewScans(bool hold);
+  // Returns once a View's Scan waits because of HoldViewScans.
+  void WaitForHeldViewScan();
   int sync_count() const { return sync_count_; }
+
+  // For this store's views (HoldViewScans).
+  void WaitWhileViewsHeld();
 
  private:
   std::mutex mu_;
@@ -74,6 +83,8 @@ class FakeKvStore : public KvStore {
   std::mutex hold_mu_;
   std::condition_variable hold_cv_;
   bool hold_syncs_ = false;
+  bool hold_views_ = false;  // guarded by hold_mu_, as is:
+  int views_held_ = 0;
   int fail_syncs_ = 0;  // guarded by mu_
   Status fail_sync_status_;
 };

@@ -74,6 +74,21 @@ Status FromLevelDb(const leveldb::Status& s, const std::string& what) {
   return Status::IoError(m);
 }
 
+// KvStore::Scan over `db` as `ro` reads it.
+Status ScanDb(leveldb::DB* db, const leveldb::ReadOptions& ro, std::string_view start,
+              std::string_view limit,
+              const std::function<bool(std::string_view, std::string_view)>& fn) {
+  std::unique_ptr<leveldb::Iterator> it(db->NewIterator(ro));
+  for (it->Seek(leveldb::Slice(start.data(), start.size())); it->Valid(); it->Next()) {
+    leveldb::Slice k = it->key();
+    std::string_view key(k.data(), k.size());
+    if (!limit.empty() && key >= limit) break;
+    leveldb::Slice v = it->value();
+    if (!fn(key, std::string_view(v.data(), v.size()))) break;
+  }
+  return FromLevelDb(it->status(), "kv scan");
+}
+
 class LevelDbStore : public KvStore {
  public:
   LevelDbStore(std::string dir, leveldb::DB* db,
@@ -100,18 +115,31 @@ class LevelDbStore : public KvStore {
   Status Sync() override { return SyncLevelDbLogs(dir_); }
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override {
-    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
-    for (it->Seek(leveldb::Slice(start.data(), start.size())); it->Valid(); it->Next()) {
-      leveldb::Slice k = it->key();
-      std::string_view key(k.data(), k.size());
-      if (!limit.empty() && key >= limit) break;
-      leveldb::Slice v = it->value();
-      if (!fn(key, std::string_view(v.data(), v.size()))) break;
-    }
-    return FromLevelDb(it->status(), "kv scan");
+    return ScanDb(db_.get(), leveldb::ReadOptions(), start, limit, fn);
+  }
+  Result<std::unique_ptr<View>> NewView() override {
+    return std::unique_ptr<View>(new SnapshotView(db_.get()));
   }
 
  private:
+  // A leveldb snapshot, read without filling the block cache (a view is read once, whole).
+  class SnapshotView : public View {
+   public:
+    explicit SnapshotView(leveldb::DB* db) : db_(db), snapshot_(db->GetSnapshot()) {}
+    ~SnapshotView() override { db_->ReleaseSnapshot(snapshot_); }
+    Status Scan(std::string_view start, std::string_view limit,
+                const std::function<bool(std::string_view, std::string_view)>& fn) override {
+      leveldb::ReadOptions ro;
+      ro.snapshot = snapshot_;
+      ro.fill_cache = false;
+      return ScanDb(db_, ro, start, limit, fn);
+    }
+
+   private:
+    leveldb::DB* db_;
+    const leveldb::Snapshot* snapshot_;
+  };
+
   const std::string dir_;
   // Declared before db_: the DB uses them until it is closed.
   std::unique_ptr<const leveldb::FilterPolicy> filter_;

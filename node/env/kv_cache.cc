@@ -156,6 +156,8 @@ Status CachedKvStore::Write(const Batch& batch, bool sync) {
 
 Status CachedKvStore::Sync() { return impl_->base->Sync(); }
 
+Result<std::unique_ptr<KvStore::View>> CachedKvStore::NewView() { return impl_->base->NewView(); }
+
 Status CachedKvStore::Scan(std::string_view start, std::string_view limit,
                            const std::function<bool(std::string_view, std::string_view)>& fn) {
   return impl_->base->Scan(start, limit, fn);

@@ -42,6 +42,8 @@ class CachedKvStore : public KvStore {
   Status Sync() override;
   Status Scan(std::string_view start, std::string_view limit,
               const std::function<bool(std::string_view, std::string_view)>& fn) override;
+  // The base store's view: every write reaches the base before Write returns.
+  Result<std::unique_ptr<View>> NewView() override;
 
   KvCacheStats stats() const;
 

@@ -111,11 +111,39 @@ Status KvRaftStorage::Load(const raft::Config& initial) {
     return Status::Corruption("the data of snapshot " + std::to_string(snap_.index) +
                               " named by the store is missing");
   }
+  // Data of snapshots never installed (written, then a crash before InstallSnapshot) or replaced.
+  KvStore::Batch orphans;
+  std::string prefix = kSnapDataPrefix;
+  std::string end = prefix.substr(0, prefix.size() - 1) + static_cast<char>('/' + 1);
+  CN_RETURN_IF_ERROR(kv_->Scan(prefix, end, [&](std::string_view k, std::string_view) {
+    if (k.size() != prefix.size() + 16 ||
+        FromBigEndian64(k.substr(prefix.size(), 8)) != snap_.index) {
+      orphans.Delete(k);
+    }
+    return true;
+  }));
+  if (!orphans.empty()) {
+    CN_LOG(Info) << "deleting " << orphans.ops().size() << " pieces of snapshot data that no "
+                 << "snapshot names";
+    CN_RETURN_IF_ERROR(kv_->Write(orphans, /*sync=*/false));
+  }
   first_ = snap_.index + 1;
   if (kv_->Get(keys::kLogFirst, &v).ok()) first_ = FromBigEndian64(v);
   if (first_ == 0 || first_ > snap_.index + 1) {
     return Status::Corruption("log starts at " + std::to_string(first_) +
                               ", after the snapshot at " + std::to_string(snap_.index));
+  }
+  // Entries a compaction dropped but had not deleted yet (InstallSnapshot's `dropped`).
+  uint64_t below = 0, lowest = first_;
+  CN_RETURN_IF_ERROR(
+      kv_->Scan(LogKey(0), LogKey(first_), [&](std::string_view k, std::string_view) {
+        lowest = std::min(lowest, FromBigEndian64(k.substr(2)));
+        ++below;
+        return true;
+      }));
+  if (below > 0) {
+    CN_LOG(Info) << "deleting " << below << " log entries before the log's start " << first_;
+    CN_RETURN_IF_ERROR(DeleteLogEntries(kv_, lowest, first_));
   }
   prev_term_ = 0;
   if (first_ - 1 != snap_.index) {
@@ -326,9 +354,75 @@ Result<raft::SnapshotMeta> KvRaftStorage::StageStoreSnapshot(KvStore* kv, uint64
   return meta;
 }
 
+Result<raft::SnapshotMeta> KvRaftStorage::WriteSnapshotData(KvStore* kv, KvStore::View* view,
+                                                            uint64_t index, uint64_t term,
+                                                            const raft::Config& config) {
+  // Streamed a piece per write: whatever the state's size, about one piece is held, and the agent
+  // thread's own writes never queue behind more than a piece.
+  std::string piece(1, static_cast<char>(kStateSnapshotVersion));
+  uint64_t size = 0;
+  uint64_t n = 0;
+  Status write;
+  auto emit = [&](bool last) {
+    while (write.ok() && (piece.size() >= kStoreChunk || (last && !piece.empty()))) {
+      size_t len = std::min<size_t>(piece.size(), kStoreChunk);
+      KvStore::Batch b;
+      b.Put(ChunkKey(index, n++), std::string_view(piece).substr(0, len));
+      write = kv->Write(b, /*sync=*/false);
+      size += len;
+      piece.erase(0, len);
+    }
+  };
+  Status scan = view->Scan("", "", [&](std::string_view k, std::string_view v) {
+    if (!keys::IsLocal(k)) AppendSnapshotPair(&piece, k, v);
+    if (piece.size() >= kStoreChunk) emit(false);
+    return write.ok();
+  });
+  if (scan.ok()) emit(true);
+  // Every piece durable before anything names them (Sync covers all of leveldb's logs, also one
+  // it moved past in between).
+  if (scan.ok() && write.ok()) write = kv->Sync();
+  if (!scan.ok() || !write.ok()) {
+    KvStore::Batch undo;
+    for (uint64_t i = 0; i < n; ++i) undo.Delete(ChunkKey(index, i));
+    if (!undo.empty()) kv->Write(undo, /*sync=*/false).ok();  // else Open deletes them
+    return scan.ok() ? write : scan;
+  }
+  return raft::SnapshotMeta{index, term, config, size};
+}
+
+Status KvRaftStorage::DiscardSnapshotData(const raft::SnapshotMeta& meta) {
+  if (meta.index == snap_.index) return Status::Ok();  // the current one's (never discarded)
+  KvStore::Batch b;
+  for (uint64_t n = 0; n * kStoreChunk < meta.size; ++n) b.Delete(ChunkKey(meta.index, n));
+  return b.empty() ? Status::Ok() : kv_->Write(b, /*sync=*/false);
+}
+
 Status KvRaftStorage::CreateSnapshot(uint64_t index, uint64_t term, const raft::Config& config,
                                      uint64_t keep) {
   if (index <= snap_.index) return Status::Ok();
+  CN_ASSIGN_OR_RETURN(std::unique_ptr<KvStore::View> view, kv_->NewView());
+  CN_ASSIGN_OR_RETURN(raft::SnapshotMeta meta,
+                      WriteSnapshotData(kv_, view.get(), index, term, config));
+  return InstallSnapshot(meta, keep);
+}
+
+Status KvRaftStorage::DeleteLogEntries(KvStore* kv, uint64_t from, uint64_t to) {
+  // In batches, so writes of other threads never queue behind one huge batch.
+  constexpr uint64_t kPerBatch = 4096;
+  for (uint64_t at = from; at < to;) {
+    KvStore::Batch b;
+    for (uint64_t end = std::min(to, at + kPerBatch); at < end; ++at) b.Delete(LogKey(at));
+    CN_RETURN_IF_ERROR(kv->Write(b, /*sync=*/false));
+  }
+  return Status::Ok();
+}
+
+Status KvRaftStorage::InstallSnapshot(const raft::SnapshotMeta& meta, uint64_t keep,
+                                      LogRange* dropped) {
+  if (dropped != nullptr) *dropped = LogRange{};
+  if (meta.index <= snap_.index) return DiscardSnapshotData(meta);
+  uint64_t index = meta.index;
   if (index > last_) {
     return Status::InvalidArgument("snapshot at " + std::to_string(index) + " beyond the log");
   }
@@ -340,11 +434,15 @@ Status KvRaftStorage::CreateSnapshot(uint64_t index, uint64_t term, const raft::
       b.Delete(ChunkKey(snap_.index, n));
     }
   }
-  CN_ASSIGN_OR_RETURN(raft::SnapshotMeta meta, StageStoreSnapshot(kv_, index, term, config, &b));
+  b.Put(kSnapKey, raft::EncodeSnapshotMeta(meta));
   uint64_t prev_term = prev_term_;
   if (compact_to > first_) {
     CN_ASSIGN_OR_RETURN(prev_term, Term(compact_to - 1));
-    for (uint64_t i = first_; i < compact_to; ++i) b.Delete(LogKey(i));
+    if (dropped != nullptr) {
+      *dropped = LogRange{first_, compact_to};
+    } else {
+      for (uint64_t i = first_; i < compact_to; ++i) b.Delete(LogKey(i));
+    }
     b.Put(keys::kLogFirst, BigEndian64(compact_to));
   }
   if (compact_to - 1 != index) {

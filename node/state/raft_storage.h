@@ -5,8 +5,9 @@
 // `m/log_first` the first stored index, `r/hard` raft's hard state, `r/snap` the newest snapshot's
 // metadata, `r/prev_term` the term of entry log_first-1 when log_first-1 is not the snapshot's,
 // `r/s/<be64 index><be64 n>` the snapshot's data in 1 MiB pieces: every replicated key of the
-// store (keys::IsLocal says which are not) as a versioned, length-checked list of pairs. Data and
-// metadata are written in one batch, so a crash never leaves one without the other.
+// store (keys::IsLocal says which are not) as a versioned, length-checked list of pairs. The data
+// is written (synced) before the metadata that names it, so a crash never leaves the metadata
+// without its data; data nothing names is deleted at Open.
 //
 // The newest entries are cached in memory (bounded) so a leader streaming appends rarely reads the
 // store. Thread-safety: not thread-safe; the agent thread owns it (Replica).
@@ -64,10 +65,31 @@ class KvRaftStorage : public raft::RaftStorage {
   // The write failed: forget what was staged.
   void DropStaged();
 
-  // ---- After applying. Records a snapshot of the replicated keys as of `index` (the state
-  // machine's applied index; `term` its entry's term; `config` the configuration then), replacing
-  // the previous one, and drops the log entries it covers except the newest `keep`. Unsynced: a
-  // crash loses it whole, which is harmless.
+  // ---- After applying: a snapshot of the replicated keys as of `index` (the state machine's
+  // applied index; `term` its entry's term; `config` the configuration then), in two steps so the
+  // copy of the state can be made off the agent thread.
+  // Step 1, from any thread (it touches only `kv`): writes, synced, the data of the snapshot of
+  // `view` (the store as of `index`) under keys of its own, and returns its metadata. Nothing names
+  // the data yet; Open deletes data no snapshot names (a crash before step 2).
+  static Result<raft::SnapshotMeta> WriteSnapshotData(KvStore* kv, KvStore::View* view,
+                                                      uint64_t index, uint64_t term,
+                                                      const raft::Config& config);
+  // Step 2: makes it the snapshot, replacing the previous one, and drops the log entries it covers
+  // except the newest `keep`. Unsynced: a crash may bring the previous one back, which is
+  // harmless. A snapshot not newer than the current one is discarded instead. With `dropped`, the
+  // dropped entries' keys are left for the caller to delete (DeleteLogEntries, from any thread):
+  // *dropped is set to their range ([0, 0) for none); Open deletes what is left of them.
+  struct LogRange {
+    uint64_t from = 0;
+    uint64_t to = 0;  // exclusive
+  };
+  Status InstallSnapshot(const raft::SnapshotMeta& meta, uint64_t keep,
+                         LogRange* dropped = nullptr);
+  // Deletes the keys of log entries [from, to), in bounded batches.
+  static Status DeleteLogEntries(KvStore* kv, uint64_t from, uint64_t to);
+  // Deletes the data step 1 wrote for `meta`, which will not be installed.
+  Status DiscardSnapshotData(const raft::SnapshotMeta& meta);
+  // Both steps, on this thread.
   Status CreateSnapshot(uint64_t index, uint64_t term, const raft::Config& config, uint64_t keep);
 
   // The stored entry format, shared with the format-1 upgrade.

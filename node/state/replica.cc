@@ -174,6 +174,12 @@ struct Replica::Impl {
   std::condition_variable sync_cv;    // to the syncer: work
   std::condition_variable synced_cv;  // from the syncer: progress
   bool compact_requested = false;
+  // A snapshot's thread has finished writing its data (Build); compactions that failed, for
+  // Compact's waiters, who also wait on compacted_cv for snapshot_index.
+  bool build_done = false;
+  uint64_t compact_failures = 0;
+  Status compact_error;
+  std::condition_variable compacted_cv;
   // Joining another cluster (PrepareJoin, ResetForJoin): the gate refuses new commands; the
   // requests are handled by the agent between rounds. sync_epoch counts resets, so a sync of the
   // old log never counts for the new one.
@@ -220,6 +226,19 @@ struct Replica::Impl {
   uint64_t free_seen_bytes = 0;
   std::string last_leader;
   raft::HardState durable_hs;
+  // A snapshot whose data a thread of its own is writing from a view of the store (kWrite), then
+  // (kTrim) deleting the log entries its installation dropped (MaybeCompact); `result` is set
+  // before build_done.
+  struct Build {
+    enum class Phase { kWrite, kTrim } phase = Phase::kWrite;
+    std::thread thread;
+    uint64_t index = 0;  // the applied index it covers
+    uint64_t keep = 0;
+    Result<raft::SnapshotMeta> result = Status::Internal("not written yet");
+    Status trimmed;
+  };
+  std::unique_ptr<Build> build;
+  bool force_pending = false;  // a Compact() that came during a build: once it is installed
   std::thread agent;
   std::thread syncer;
 
@@ -304,6 +323,7 @@ struct Replica::Impl {
 
   Status ResetNow(const std::map<std::string, std::string>& local) {
     CN_RETURN_IF_ERROR(CheckAlone(raft->config()));
+    AbandonBuild();
     KvStore::Batch b;
     std::vector<std::string> doomed;
     CN_RETURN_IF_ERROR(kv->Scan("", "", [&](std::string_view k, std::string_view) {
@@ -725,7 +745,10 @@ struct Replica::Impl {
     if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
-      if (rd.snapshot) s = storage->StageSnapshot(*rd.snapshot, &batch);
+      if (rd.snapshot) {
+        AbandonBuild();  // of the state this one replaces
+        s = storage->StageSnapshot(*rd.snapshot, &batch);
+      }
       storage->StageEntries(rd.entries, &batch);
       if (rd.hard_state) storage->StageHardState(*rd.hard_state, &batch);
       if (s.ok()) s = kv->Write(batch, /*sync=*/!defer);
@@ -824,14 +847,30 @@ struct Replica::Impl {
   // Snapshots the state machine and compacts the log: when 2 x log_keep entries, and at least the
   // last snapshot's size / kSnapshotBytesPerEntry, have been applied since the last snapshot
   // (keeping log_keep of them for followers slightly behind), or at once (keeping none) when asked
-  // to.
+  // to. The state's copy is written by a thread of its own from a view of the store as of the
+  // applied index (the agent goes on committing: a copy of a large state took it hundreds of ms);
+  // this thread then installs it, the next time it comes here.
   void MaybeCompact() {
+    if (build) {
+      bool done;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        done = build_done;
+        // A Compact() now wants a snapshot of what is applied now, after this one.
+        force_pending = force_pending || compact_requested;
+        compact_requested = false;
+      }
+      if (!done) return;
+      FinishBuild();
+      if (build) return;  // its log entries are being deleted
+    }
     bool force;
     {
       std::lock_guard<std::mutex> l(mu);
-      force = compact_requested;
+      force = compact_requested || force_pending;
       compact_requested = false;
     }
+    force_pending = false;
     if (!unapplied.empty()) {
       if (force) {
         std::lock_guard<std::mutex> l(mu);
@@ -843,20 +882,122 @@ struct Replica::Impl {
     uint64_t snap = storage->snapshot_meta().index;
     uint64_t interval = std::max<uint64_t>(2 * options.log_keep,
                                            storage->snapshot_meta().size / kSnapshotBytesPerEntry);
-    if (applied <= snap || (!force && applied < snap + interval)) return;
-    Result<uint64_t> term = storage->Term(applied);
-    if (!term.ok()) return;
-    Status s = storage->CreateSnapshot(applied, *term, raft->applied_config(),
-                                       force ? 0 : options.log_keep);
-    if (!s.ok()) {
-      CN_LOG(Warning) << "snapshot at " << applied << " failed: " << s.ToString();
+    if (applied <= snap || (!force && applied < snap + interval)) {
+      if (force) compacted_cv.notify_all();  // nothing new to cover
       return;
     }
-    CN_LOG(Info) << "snapshot at " << applied << " (" << storage->snapshot_meta().size
+    Result<uint64_t> term = storage->Term(applied);
+    if (!term.ok()) {
+      Compacted(term.status(), applied);
+      return;
+    }
+    uint64_t keep = force ? 0 : options.log_keep;
+    if (!options.snapshot_in_background) {
+      Compacted(storage->CreateSnapshot(applied, *term, raft->applied_config(), keep), applied);
+      return;
+    }
+    Result<std::unique_ptr<KvStore::View>> view = kv->NewView();
+    if (!view.ok()) {
+      Compacted(view.status(), applied);
+      return;
+    }
+    build = std::make_unique<Build>();
+    build->index = applied;
+    build->keep = keep;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      build_done = false;
+    }
+    build->thread = std::thread([this, b = build.get(), v = std::move(view).value(), applied,
+                                 t = *term, c = raft->applied_config()]() mutable {
+      SetThreadName("cn-snapshot");
+      b->result = KvRaftStorage::WriteSnapshotData(kv.get(), v.get(), applied, t, c);
+      v.reset();  // the store's view goes before the store can
+      {
+        std::lock_guard<std::mutex> l(mu);
+        build_done = true;
+      }
+      work_cv.notify_one();
+    });
+  }
+
+  // The build's thread has finished: installs the snapshot it wrote and has the log entries that
+  // dropped deleted by another (kWrite), or ends the build (kTrim).
+  void FinishBuild() {
+    build->thread.join();
+    {
+      std::lock_guard<std::mutex> l(mu);
+      build_done = false;
+    }
+    if (build->phase == Build::Phase::kTrim) {
+      if (!build->trimmed.ok()) {
+        CN_LOG(Warning) << "deleting compacted log entries failed (the next start deletes them): "
+                        << build->trimmed.ToString();
+      }
+      build.reset();
+      return;
+    }
+    if (!build->result.ok()) {
+      Compacted(build->result.status(), build->index);
+      build.reset();
+      return;
+    }
+    KvRaftStorage::LogRange dropped;
+    Status s = storage->InstallSnapshot(*build->result, build->keep, &dropped);
+    Compacted(s, build->result->index);
+    if (!s.ok() || dropped.from == dropped.to) {
+      build.reset();
+      return;
+    }
+    // As many keys as entries since the last snapshot: on this thread, tens of ms per 100,000.
+    build->phase = Build::Phase::kTrim;
+    build->thread = std::thread([this, b = build.get(), dropped] {
+      SetThreadName("cn-snapshot");
+      b->trimmed = KvRaftStorage::DeleteLogEntries(kv.get(), dropped.from, dropped.to);
+      {
+        std::lock_guard<std::mutex> l(mu);
+        build_done = true;
+      }
+      work_cv.notify_one();
+    });
+  }
+
+  // Waits for the build in flight, if any, and deletes the data it wrote: the store is about to be
+  // replaced (a snapshot from the leader, a reset to join another cluster) or closed.
+  void AbandonBuild() {
+    if (!build) return;
+    build->thread.join();
+    std::unique_ptr<Build> b = std::move(build);
+    {
+      std::lock_guard<std::mutex> l(mu);
+      build_done = false;
+    }
+    // Not installed: its data goes (else Open deletes it). Installed (kTrim): the entries left
+    // are deleted at the next start.
+    if (b->phase == Build::Phase::kWrite && b->result.ok()) {
+      storage->DiscardSnapshotData(*b->result).ok();
+    }
+  }
+
+  void Compacted(const Status& s, uint64_t index) {
+    if (!s.ok()) {
+      CN_LOG(Warning) << "snapshot at " << index << " failed: " << s.ToString();
+      {
+        std::lock_guard<std::mutex> l(mu);
+        ++compact_failures;
+        compact_error = s;
+      }
+      compacted_cv.notify_all();
+      return;
+    }
+    CN_LOG(Info) << "snapshot at " << index << " (" << storage->snapshot_meta().size
                  << " bytes); the log now starts at " << storage->FirstIndex();
-    std::lock_guard<std::mutex> l(mu);
-    log_first = storage->FirstIndex();
-    snapshot_index = applied;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      log_first = storage->FirstIndex();
+      snapshot_index = storage->snapshot_meta().index;
+    }
+    compacted_cv.notify_all();
   }
 
   // `last_tick`: the clock when the replica was opened, so ticks are counted from then and not
@@ -871,8 +1012,8 @@ struct Replica::Impl {
         std::unique_lock<std::mutex> l(mu);
         work_cv.wait_for(l, std::chrono::milliseconds(options.tick_ms), [&] {
           return stopping || !pending.empty() || !inbound.empty() || !new_reads.empty() ||
-                 raft->HasReady() || !unapplied.empty() || compact_requested || reset_request ||
-                 (prepare_request && Quiet());
+                 raft->HasReady() || !unapplied.empty() || compact_requested || build_done ||
+                 reset_request || (prepare_request && Quiet());
         });
         while (!pending.empty() && batch.size() < options.max_batch) {
           batch.push_back(std::move(pending.front()));
@@ -907,9 +1048,12 @@ struct Replica::Impl {
       for (uint64_t id : reads_new) IssueRead(id, reads[id], now);
       ApplyUnapplied();
       for (size_t i = 0; i < kReadyRounds && raft->HasReady(); ++i) HandleReady();
-      MaybeCompact();
+      if (!stop) MaybeCompact();  // stopping: a build in flight is abandoned below
       HandleJoinRequests();
-      if (stop && !raft->HasReady() && unapplied.empty()) return;
+      if (stop && !raft->HasReady() && unapplied.empty()) {
+        AbandonBuild();
+        return;
+      }
     }
   }
 
@@ -1047,6 +1191,7 @@ Replica::~Replica() {
     impl_->stopping = true;
   }
   impl_->work_cv.notify_all();
+  impl_->compacted_cv.notify_all();
   if (impl_->agent.joinable()) impl_->agent.join();
   {
     std::lock_guard<std::mutex> l(impl_->mu);
@@ -1293,12 +1438,22 @@ Status Replica::ReadAudit(std::string* out) const {
 }
 
 Status Replica::Compact() {
-  {
-    std::lock_guard<std::mutex> l(impl_->mu);
-    impl_->compact_requested = true;
-  }
-  impl_->work_cv.notify_one();
-  return Status::Ok();
+  Impl& m = *impl_;
+  uint64_t want = m.state.applied_index();
+  std::unique_lock<std::mutex> l(m.mu);
+  if (m.stopping) return Status::Unavailable("daemon is shutting down");
+  uint64_t failures = m.compact_failures;
+  m.compact_requested = true;
+  m.work_cv.notify_one();
+  m.compacted_cv.wait_for(l, std::chrono::milliseconds(m.options.propose_timeout_ms), [&] {
+    return m.snapshot_index >= want || m.stopping || m.compact_failures != failures;
+  });
+  if (m.snapshot_index >= want) return Status::Ok();
+  if (m.compact_failures != failures) return m.compact_error;
+  if (m.stopping) return Status::Unavailable("daemon is shutting down");
+  return Status::Unavailable("the snapshot was not finished within " +
+                             std::to_string(m.options.propose_timeout_ms) +
+                             " ms; it goes on in the background");
 }
 
 }  // namespace constellation

@@ -55,6 +55,9 @@ struct ReplicaOptions {
   size_t max_batch = 1024;             // proposals per log write
   int64_t propose_timeout_ms = 10000;  // longest a proposer waits for its command to apply
   uint64_t log_keep = 10000;           // applied entries kept in the log before compaction
+  // Snapshots are written by a thread of their own from a view of the store, so the agent thread
+  // goes on committing meanwhile (false: on the agent thread, for tests of when they are taken).
+  bool snapshot_in_background = true;
   // The agent thread's nice value (-20..19; 0 leaves it as inherited). Every commit of the node
   // passes through that one thread, and each answer it sends wakes a client that would otherwise
   // preempt it on a busy CPU, stalling every request behind it. Raising it needs CAP_SYS_NICE;
@@ -126,9 +129,9 @@ class Replica {
   // (the verdict, and the result) — on the calling thread when the command is refused at once, else
   // on the agent thread once it applied or after propose_timeout_ms. `done` runs with no lock of
   // the replica held; it must not block (it holds up every command behind it) and must not call
-  // Propose, SyncBarrier or ReadBarrier, which wait for the agent thread it runs on; it may call
-  // ProposeAsync. Whoever registers `done` must outlive its call (the destructor calls the ones
-  // still waiting, with Unavailable).
+  // Propose, SyncBarrier, ReadBarrier or Compact, which wait for the agent thread it runs on; it
+  // may call ProposeAsync. Whoever registers `done` must outlive its call (the destructor calls the
+  // ones still waiting, with Unavailable).
   using ProposeDone = std::function<void(Status verdict, std::string result)>;
   void ProposeAsync(Command command, Durability durability, ProposeDone done);
   // Returns once every command answered before the call is durable on this node (kDeferred ones
@@ -143,7 +146,8 @@ class Replica {
   ReplicaStatus GetStatus() const;
   Status ReadAudit(std::string* out) const;
   // Takes a snapshot of the state machine now and drops every applied log entry (a node that is
-  // behind then catches up from the snapshot).
+  // behind then catches up from the snapshot). Returns once a snapshot covers every entry applied
+  // before the call; Unavailable after propose_timeout_ms (it goes on), or the snapshot's error.
   Status Compact();
 
   // A raft message from a peer (already decoded and authenticated). Queued for the agent; dropped

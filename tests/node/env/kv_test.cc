@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -102,6 +103,39 @@ void CheckContract(KvStore* kv) {
   REQUIRE(seen[1].first == "d");
   REQUIRE(seen.back() == std::make_pair(std::string("z"), std::string("26")));
   REQUIRE(MustGet(kv, "b") == "new");
+
+  // A view is the store as of NewView, whatever is written after, read from another thread too.
+  Pairs before = ScanAll(kv, "", "");
+  Result<std::unique_ptr<KvStore::View>> view = kv->NewView();
+  REQUIRE(view.ok());
+  KvStore::Batch later;
+  later.Put("a", "changed");
+  later.Delete("d");
+  later.Put("y", "new");
+  REQUIRE(kv->Write(later, true).ok());
+  REQUIRE(MustGet(kv, "a") == "changed");
+  Pairs in_view;
+  std::thread reader([&] {
+    REQUIRE((*view)
+                ->Scan("", "",
+                       [&](std::string_view k, std::string_view val) {
+                         in_view.emplace_back(std::string(k), std::string(val));
+                         return true;
+                       })
+                .ok());
+  });
+  reader.join();
+  REQUIRE(in_view == before);
+  Pairs ranged;
+  REQUIRE((*view)
+              ->Scan("b", "e",
+                     [&](std::string_view k, std::string_view val) {
+                       ranged.emplace_back(std::string(k), std::string(val));
+                       return ranged.size() < 2;
+                     })
+              .ok());
+  REQUIRE(ranged == Pairs{{"b", "new"}, {"d", "4"}});
+  view->reset();
 }
 
 TEST_CASE("kv: leveldb meets the KvStore contract") {

@@ -130,6 +130,110 @@ TEST_CASE("raft storage: snapshots compact the log, stream in chunks and install
   CHECK_FALSE((*t)->StageSnapshot(raft::Snapshot{m2, "\x01\x05x"}, &bad).ok());
 }
 
+TEST_CASE("raft storage: a snapshot written from a view is installed later; unnamed data goes") {
+  FakeKvStore kv;
+  auto pieces = [&](uint64_t index) {
+    int n = 0;
+    REQUIRE(kv.Scan("r/s/", "r/s0", [&](std::string_view k, std::string_view) {
+                n += FromBigEndian64(k.substr(4, 8)) == index;
+                return true;
+              }).ok());
+    return n;
+  };
+  auto read_back = [&](KvRaftStorage* st) {
+    const raft::SnapshotMeta& meta = st->SnapshotMetadata();
+    std::string data, chunk;
+    while (data.size() < meta.size) {
+      REQUIRE(st->SnapshotChunk(meta.index, data.size(), 1 << 20, &chunk).ok());
+      data += chunk;
+    }
+    std::map<std::string, std::string> pairs;
+    REQUIRE(DecodeStateSnapshot(data, [&](std::string_view k, std::string_view v) {
+              pairs[std::string(k)] = std::string(v);
+              return Status::Ok();
+            }).ok());
+    return pairs;
+  };
+  {
+    auto s = KvRaftStorage::Open(&kv, Voters({"n1"}));
+    REQUIRE(s.ok());
+    KvStore::Batch state;
+    state.Put("i/web", std::string(3 << 20, 'a'));  // several pieces
+    state.Put(keys::kApplied, BigEndian64(10));
+    REQUIRE(kv.Write(state, true).ok());
+    Persist(s->get(), &kv, Ents(1, 30, 1));
+  }
+  auto view = kv.NewView();
+  REQUIRE(view.ok());
+  KvStore::Batch later;  // applied after the view was taken: not in the snapshot
+  later.Put("i/web", "b");
+  later.Put("i/new", "c");
+  REQUIRE(kv.Write(later, true).ok());
+
+  // Written (synced: a crash keeps it) but never installed: the next open deletes it.
+  auto orphan = KvRaftStorage::WriteSnapshotData(&kv, view->get(), 10, 1, Voters({"n1"}));
+  REQUIRE(orphan.ok());
+  CHECK(orphan->index == 10);
+  CHECK(pieces(10) == 4);
+  kv.Crash();
+  CHECK(pieces(10) == 4);
+  auto s = KvRaftStorage::Open(&kv, Voters({"n1"}));
+  REQUIRE(s.ok());
+  CHECK(pieces(10) == 0);
+  CHECK((*s)->SnapshotMetadata().index == 0);
+  CHECK((*s)->FirstIndex() == 1);
+
+  // Written, then installed: the state as of the view, the log compacted; the dropped entries'
+  // keys are left to the caller, and Open deletes what the caller did not.
+  auto meta = KvRaftStorage::WriteSnapshotData(&kv, view->get(), 10, 1, Voters({"n1"}));
+  REQUIRE(meta.ok());
+  CHECK((*s)->SnapshotMetadata().index == 0);  // nothing names it yet
+  KvRaftStorage::LogRange dropped;
+  REQUIRE((*s)->InstallSnapshot(*meta, 3, &dropped).ok());
+  CHECK((*s)->SnapshotMetadata() == *meta);
+  CHECK((*s)->FirstIndex() == 8);
+  CHECK(dropped.from == 1);
+  CHECK(dropped.to == 8);
+  auto entries = [&] {
+    int n = 0;
+    REQUIRE(kv.Scan("l/", "l0", [&](std::string_view, std::string_view) {
+                ++n;
+                return true;
+              }).ok());
+    return n;
+  };
+  CHECK(entries() == 30);
+  REQUIRE(KvRaftStorage::DeleteLogEntries(&kv, 1, 4).ok());
+  CHECK(entries() == 27);
+  REQUIRE(kv.Sync().ok());
+  kv.Crash();
+  s = KvRaftStorage::Open(&kv, Voters({"n1"}));
+  REQUIRE(s.ok());
+  CHECK(entries() == 23);  // 8..30
+  CHECK((*s)->FirstIndex() == 8);
+  CHECK((*s)->LastIndex() == 30);
+  std::map<std::string, std::string> pairs = read_back(s->get());
+  CHECK(pairs.size() == 2);
+  CHECK(pairs["i/web"] == std::string(3 << 20, 'a'));
+  CHECK(pairs.count("i/new") == 0);
+
+  // One not newer than the current snapshot is discarded, not installed; the current one's data
+  // is never discarded.
+  auto old = KvRaftStorage::WriteSnapshotData(&kv, view->get(), 8, 1, Voters({"n1"}));
+  REQUIRE(old.ok());
+  CHECK(pieces(8) == 4);
+  REQUIRE((*s)->InstallSnapshot(*old, 0).ok());
+  CHECK(pieces(8) == 0);
+  CHECK((*s)->SnapshotMetadata().index == 10);
+  REQUIRE((*s)->DiscardSnapshotData(*meta).ok());
+  CHECK(pieces(10) == 4);
+  view->reset();
+  kv.Crash();
+  auto again = KvRaftStorage::Open(&kv, Voters({"n1"}));
+  REQUIRE(again.ok());
+  CHECK(read_back(again->get()) == pairs);
+}
+
 TEST_CASE("state snapshot decoding refuses local keys, disorder and lies") {
   auto none = [](std::string_view, std::string_view) { return Status::Ok(); };
   std::string ok(1, '\x01');

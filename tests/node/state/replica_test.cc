@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "catch2/catch.hpp"
+#include "node/base/coding.h"
 #include "node/env/env_fake.h"
 #include "tests/temp_dir.h"
 
@@ -206,6 +207,7 @@ TEST_CASE("with plenty of room the free space is looked at most every 20 ms") {
 TEST_CASE("compaction drops applied log entries and state survives a restart") {
   Fixture f;
   f.options.log_keep = 5;
+  f.options.snapshot_in_background = false;  // compacted in the round that applied the entry
   auto r = f.Open();
   REQUIRE(r->Propose(Create("web")).ok());
   for (int i = 0; i < 30; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
@@ -220,9 +222,92 @@ TEST_CASE("compaction drops applied log entries and state survives a restart") {
   CHECK(r->state().GetInstance("web")->disk_mb == 100);
 }
 
+TEST_CASE("a snapshot is written off the agent thread: commits go on meanwhile") {
+  Fixture f;
+  f.options.log_keep = 5;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  REQUIRE(r->Propose(Set("web", "ram_mb", "64")).ok());
+  f.kv.HoldViewScans(true);
+  Status compacted = Status::Internal("Compact has not returned");
+  std::thread compactor([&] { compacted = r->Compact(); });
+  f.kv.WaitForHeldViewScan();
+  uint64_t at = r->GetStatus().applied_index;  // what the held snapshot covers
+  for (int i = 0; i < 20; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  CHECK(r->GetStatus().snapshot_index < at);
+  f.kv.HoldViewScans(false);
+  compactor.join();
+  REQUIRE(compacted.ok());
+  ReplicaStatus st = r->GetStatus();
+  CHECK(st.snapshot_index == at);
+  CHECK(st.log_first_index == at + 1);  // a Compact keeps no entry
+  // The ones it covers were deleted (by the time the replica is closed: off the agent thread too).
+  // After a crash the entries after it replay over it (or, the unsynced installation lost, all of
+  // them, none of them deleted either).
+  r.reset();
+  int covered = 0;
+  REQUIRE(f.kv.Scan("l/", "l0",
+                    [&](std::string_view k, std::string_view) {
+                      covered += FromBigEndian64(k.substr(2)) <= at;
+                      return true;
+                    })
+              .ok());
+  CHECK(covered == 0);
+  f.kv.Crash();
+  r = f.Open();
+  CHECK(r->state().GetInstance("web")->disk_mb == 19);
+  CHECK(r->state().GetInstance("web")->ram_mb == 64);
+}
+
+TEST_CASE("a snapshot whose data cannot be written: Compact says why, and nothing changes") {
+  Fixture f;  // the default log_keep: no snapshot is taken but the one asked for
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  REQUIRE(r->Propose(Set("web", "disk_mb", "20")).ok());
+  uint64_t before = r->GetStatus().snapshot_index;
+  f.kv.FailNextWrites(1, Status::NoSpace("disk full"));  // the snapshot's first piece
+  CHECK(r->Compact().code() == Code::kNoSpace);
+  CHECK(r->GetStatus().snapshot_index == before);
+  REQUIRE(r->Compact().ok());
+  CHECK(r->GetStatus().snapshot_index == r->GetStatus().applied_index);
+}
+
+TEST_CASE("a replica closed while a snapshot is written leaves no data that nothing names") {
+  Fixture f;
+  auto r = f.Open();
+  REQUIRE(r->Propose(Create("web")).ok());
+  f.kv.HoldViewScans(true);
+  Status compacted = Status::Internal("Compact has not returned");
+  std::thread compactor([&] { compacted = r->Compact(); });
+  f.kv.WaitForHeldViewScan();
+  // Closing waits for the snapshot's thread. Released as the close begins, the snapshot is either
+  // abandoned (its data deleted; Compact: Unavailable) or installed just before (Compact: Ok).
+  std::thread closer([&] { r.reset(); });
+  f.kv.HoldViewScans(false);
+  closer.join();
+  compactor.join();
+  CHECK((compacted.ok() || compacted.code() == Code::kUnavailable));
+  std::string v;
+  REQUIRE(f.kv.Get("r/snap", &v).ok());
+  Result<raft::SnapshotMeta> named = raft::DecodeSnapshotMeta(v);
+  REQUIRE(named.ok());
+  int unnamed = 0;
+  REQUIRE(f.kv.Scan("r/s/", "r/s0",
+                    [&](std::string_view k, std::string_view) {
+                      unnamed += FromBigEndian64(k.substr(4, 8)) != named->index;
+                      return true;
+                    })
+              .ok());
+  CHECK(unnamed == 0);
+  r = f.Open();
+  CHECK(r->GetStatus().snapshot_index == named->index);
+  CHECK(r->state().GetInstance("web").has_value());
+}
+
 TEST_CASE("a large state is snapshotted less often: once its size / 128 entries have applied") {
   Fixture f;
   f.options.log_keep = 5;
+  f.options.snapshot_in_background = false;  // taken in the round that applied the entry
   auto r = f.Open();
   // Two more commands, each proposed after the one before was answered: the agent has finished
   // the round that answered the first, compaction included.
