@@ -11,7 +11,9 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
@@ -83,6 +85,9 @@ Runs a Constellation node: the replicated state, and the file tree mounted at --
                     changes from other nodes invalidate them before that
   --reserve-mb N    refuse new writes (ENOSPC) while the data dir's file system has less than N MiB
                     free, so committed entries can always be applied (default: 64)
+  --chunk-cache-mb N  MiB of verified cluster/ chunks kept in memory, so a read that hits one
+                    neither reads nor hashes its 4 MiB again; 0: none (default: 1/32 of the
+                    machine's memory, at least 256 and at most 2048)
 
 Instances (their state lives in DATA/instances):
   --interpreter EXT=PATH
@@ -111,6 +116,7 @@ struct Flags {
   std::string log;
   std::string log_level = "info";
   uint64_t reserve_mb = 64;
+  int64_t chunk_cache_mb = -1;  // -1: DefaultChunkCacheMb()
   int64_t chunk_grace_s = 3600;
   int64_t cache_timeout_ms = 1000;
   bool links = false;
@@ -131,6 +137,17 @@ struct Flags {
   std::string cgroup_parent = "constellation";
   std::vector<std::string> swim;  // --swim NAME=VALUE, validated by ParseSwimFlag
 };
+
+// A chunk read that misses the cache reads and hashes the whole chunk (up to 4 MiB) for what may
+// be a 4 KiB read: a random reader whose file outgrows the cache pays that on most reads (a
+// 256 MiB file against a 256 MiB cache: 2,074 reads/s, against 768 MiB: 40,324). So the default
+// grows with the machine: 1/32 of its memory, 256 MiB to 2 GiB.
+uint64_t DefaultChunkCacheMb() {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t ram_mb = pages > 0 && page > 0 ? (static_cast<uint64_t>(pages) * page) >> 20 : 0;
+  return std::clamp<uint64_t>(ram_mb / 32, 256, 2048);
+}
 
 Result<LogLevel> ParseLogLevel(const std::string& s) {
   if (s == "debug") return LogLevel::kDebug;
@@ -370,6 +387,10 @@ int Serve(const Flags& flags, const std::function<void(const std::string& error)
   ChunkStoreOptions co;
   co.min_free_bytes = f.reserve_mb << 20;
   co.grace_ms = f.chunk_grace_s * 1000;
+  uint64_t cache_mb =
+      f.chunk_cache_mb >= 0 ? static_cast<uint64_t>(f.chunk_cache_mb) : DefaultChunkCacheMb();
+  co.max_cache_bytes = cache_mb << 20;
+  CN_LOG(Info) << "chunk cache: " << cache_mb << " MiB";
   Result<std::unique_ptr<ChunkStore>> chunks = ChunkStore::Open(f.data + "/chunks", co);
   if (!chunks.ok()) {
     ready("cannot open the chunk store in " + f.data + "/chunks: " + chunks.status().message());
@@ -580,6 +601,7 @@ int Main(int argc, char** argv) {
                                     {"stop-grace-s", required_argument, nullptr, 's'},
                                     {"cgroup-parent", required_argument, nullptr, 'c'},
                                     {"swim", required_argument, nullptr, 'S'},
+                                    {"chunk-cache-mb", required_argument, nullptr, 'C'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
@@ -679,6 +701,17 @@ int Main(int argc, char** argv) {
           return 2;
         }
         f.reserve_mb = v;
+        break;
+      }
+      case 'C': {
+        char* end = nullptr;
+        unsigned long long v = strtoull(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || !isdigit(static_cast<unsigned char>(*optarg)) ||
+            v > (1ull << 20)) {
+          fprintf(stderr, "constellationd: --chunk-cache-mb: \"%s\" is not 0..1048576\n", optarg);
+          return 2;
+        }
+        f.chunk_cache_mb = static_cast<int64_t>(v);
         break;
       }
       case 'i': {

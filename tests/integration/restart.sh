@@ -38,10 +38,20 @@ expect_eq "$(agent_nice)" -10 "the agent thread's nice value"
 out=$("$CONSTELLATIOND" --data "$D" --mount "$M" --agent-nice 20 2>&1) && fail "--agent-nice 20 accepted"
 [[ "$out" == *"-20..19"* ]] || fail "bad --agent-nice message: $out"
 
+# The chunk cache: 1/32 of the machine's memory by default, 256..2048 MiB; --chunk-cache-mb N.
+chunk_cache() { grep -o 'chunk cache: [0-9]* MiB' "$LOG" | tail -1; }
+mem_mb=$(($(awk '$1 == "MemTotal:" {print $2}' /proc/meminfo) / 1024))
+want=$((mem_mb / 32 < 256 ? 256 : mem_mb / 32 > 2048 ? 2048 : mem_mb / 32))
+expect_eq "$(chunk_cache)" "chunk cache: $want MiB" "the default chunk cache"
+out=$("$CONSTELLATIOND" --data "$D" --mount "$M" --chunk-cache-mb 1x 2>&1) &&
+  fail "--chunk-cache-mb 1x accepted"
+[[ "$out" == *"--chunk-cache-mb: \"1x\" is not 0..1048576"* ]] || fail "bad --chunk-cache-mb message: $out"
+
 # Clean restart keeps everything.
 stop_daemon
-start_daemon --agent-nice 0
+start_daemon --agent-nice 0 --chunk-cache-mb 300
 expect_eq "$(agent_nice)" 0 "--agent-nice 0 leaves the agent thread as inherited"
+expect_eq "$(chunk_cache)" "chunk cache: 300 MiB" "--chunk-cache-mb 300"
 expect_eq "$(cat $C/instances/a/ram_mb)" 1000 "ram_mb after restart"
 expect_eq "$(cat $C/instances/b/cmd)" "sleep 5" "cmd after restart"
 expect_eq "$(cat $C/instances/b/env)" "K=V" "env after restart"
