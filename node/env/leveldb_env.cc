@@ -6,11 +6,13 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <set>
 
 #include "node/base/fd.h"
 #include "node/base/log.h"
+#include "node/base/thread_name.h"
 #include "node/env/leveldb_env_internal.h"
 
 namespace constellation {
@@ -180,6 +182,25 @@ class Env : public leveldb::EnvWrapper {
     }
     return target()->NewSequentialFile(f, r);
   }
+
+  // LevelDB starts its one background thread from whichever thread first schedules a compaction,
+  // often the raised agent thread; each piece of background work runs at the process's priority.
+  void Schedule(void (*fn)(void*), void* arg) override {
+    auto* job = new Job{fn, arg};
+    target()->Schedule(
+        [](void* p) {
+          std::unique_ptr<Job> j(static_cast<Job*>(p));
+          TakeProcessNice();
+          j->fn(j->arg);
+        },
+        job);
+  }
+
+ private:
+  struct Job {
+    void (*fn)(void*);
+    void* arg;
+  };
 };
 
 }  // namespace

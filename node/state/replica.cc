@@ -911,6 +911,7 @@ struct Replica::Impl {
     build->thread = std::thread([this, b = build.get(), v = std::move(view).value(), applied,
                                  t = *term, c = raft->applied_config()]() mutable {
       SetThreadName("cn-snapshot");
+      TakeProcessNice();
       b->result = KvRaftStorage::WriteSnapshotData(kv.get(), v.get(), applied, t, c);
       v.reset();  // the store's view goes before the store can
       {
@@ -953,6 +954,7 @@ struct Replica::Impl {
     build->phase = Build::Phase::kTrim;
     build->thread = std::thread([this, b = build.get(), dropped] {
       SetThreadName("cn-snapshot");
+      TakeProcessNice();
       b->trimmed = KvRaftStorage::DeleteLogEntries(kv.get(), dropped.from, dropped.to);
       {
         std::lock_guard<std::mutex> l(mu);

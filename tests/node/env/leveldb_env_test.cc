@@ -1,6 +1,7 @@
 // The preallocating log Env under OpenLevelDb: logs written in place into zero-filled space, and
 // their tails repaired before recovery. A "crash" is a forked child that writes and then _exits
 // without closing the store, leaving the log exactly as a kill -9 would.
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,8 @@
 #include <vector>
 
 #include "catch2/catch.hpp"
+#include "leveldb/env.h"
+#include "node/base/thread_name.h"
 #include "node/env/env.h"
 #include "node/env/leveldb_env_internal.h"
 #include "tests/temp_dir.h"
@@ -71,6 +74,39 @@ void WriteAt(const fs::path& p, uint64_t offset, const std::string& bytes) {
   f.seekp(static_cast<std::streamoff>(offset));
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   REQUIRE(f.good());
+}
+
+// First in this binary: LevelDB's background thread is made by the first Schedule of the process.
+TEST_CASE("background work runs at the process's priority, whoever scheduled it first") {
+  if (geteuid() != 0) return;  // back from nice 5 to the process's value needs CAP_SYS_NICE
+  int process = getpriority(PRIO_PROCESS, static_cast<id_t>(getpid()));
+  std::atomic<int> seen{100};
+  std::atomic<bool> done{false};
+  std::thread lowered([&] {
+    // As the raised agent thread would, but lowered (no privilege needed to get there).
+    REQUIRE(setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), process + 5) == 0);
+    PreallocatingLogEnv()->Schedule(
+        [](void* p) {
+          auto* s = static_cast<std::pair<std::atomic<int>*, std::atomic<bool>*>*>(p);
+          s->first->store(getpriority(PRIO_PROCESS, static_cast<id_t>(gettid())));
+          s->second->store(true);
+          s->second->notify_all();
+          delete s;
+        },
+        new std::pair<std::atomic<int>*, std::atomic<bool>*>(&seen, &done));
+  });
+  lowered.join();
+  done.wait(false);
+  CHECK(seen.load() == process);
+  // The helper itself, on a thread other than the main one (whose value is the process's).
+  int after = 100;
+  std::thread other([&] {
+    REQUIRE(setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), process + 3) == 0);
+    TakeProcessNice();
+    after = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+  });
+  other.join();
+  CHECK(after == process);
 }
 
 TEST_CASE("MaskedCrc32c matches leveldb's") {
