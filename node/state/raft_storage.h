@@ -10,7 +10,8 @@
 // without its data; data nothing names is deleted at Open.
 //
 // The newest entries are cached in memory (bounded) so a leader streaming appends rarely reads the
-// store. Thread-safety: not thread-safe; the agent thread owns it (Replica).
+// store. Thread-safety: not thread-safe; the agent thread owns it (Replica). The static
+// WriteSnapshotData and DeleteLogEntries touch only the store and may run on any thread.
 #ifndef CONSTELLATION_NODE_STATE_RAFT_STORAGE_H_
 #define CONSTELLATION_NODE_STATE_RAFT_STORAGE_H_
 
@@ -85,7 +86,7 @@ class KvRaftStorage : public raft::RaftStorage {
   };
   Status InstallSnapshot(const raft::SnapshotMeta& meta, uint64_t keep,
                          LogRange* dropped = nullptr);
-  // Deletes the keys of log entries [from, to), in bounded batches.
+  // Deletes the keys of log entries [from, to), in bounded batches; from any thread.
   static Status DeleteLogEntries(KvStore* kv, uint64_t from, uint64_t to);
   // Deletes the data step 1 wrote for `meta`, which will not be installed.
   Status DiscardSnapshotData(const raft::SnapshotMeta& meta);
