@@ -76,8 +76,8 @@ struct Runtime::Instance {
   // lock (launching); meanwhile the core is `starting` and takes other inputs as such.
   bool spawn_queued = false;
   bool launching = false;
-  // The spec's limits are not in the cgroup yet: they changed while no process ran, and are
-  // written when one starts (PrepareSpawn).
+  // The spec's limits may not be in the cgroup: they changed while no process ran (every start
+  // writes them all, PrepareSpawn).
   bool limits_deferred = false;
   std::optional<InstanceSpec> recreate;  // mkdir of the same name while it was being removed
   bool stopped_by_shutdown = false;
@@ -600,14 +600,13 @@ std::optional<Event> Runtime::PrepareSpawn(Instance* inst, PreparedLaunch* p) {
     auto cg = Cgroup::Create(layout_, cgroup_base_ + "/" + inst->name);
     if (!cg.ok()) return ev::StartFailed{"start: cgroup: " + cg.status().message(), false};
     inst->cgroup = *cg;
-    inst->limits_deferred = true;  // a new group has none of them
   }
-  if (inst->limits_deferred) {
-    st = inst->cgroup.SetLimits(
-        {s.ram_mb << 20, s.cpu_percent, s.pids_max > 0 ? s.pids_max : options_.pids_max});
-    if (!st.ok()) return ev::StartFailed{"start: cgroup: " + st.message(), false};
-    inst->limits_deferred = false;
-  }
+  // Every start writes all the spec's limits: a new group has none of them, and a change made
+  // while nothing ran is only in the spec (limits_deferred). A few writes beside a fork and exec.
+  st = inst->cgroup.SetLimits(
+      {s.ram_mb << 20, s.cpu_percent, s.pids_max > 0 ? s.pids_max : options_.pids_max});
+  if (!st.ok()) return ev::StartFailed{"start: cgroup: " + st.message(), false};
+  inst->limits_deferred = false;
   auto oom = inst->cgroup.OomKills();
   p->oom_baseline = oom.ok() ? *oom : 0;
   p->cgroup = inst->cgroup;
