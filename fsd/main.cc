@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
@@ -147,6 +146,18 @@ uint64_t DefaultChunkCacheMb() {
   long page = sysconf(_SC_PAGESIZE);
   uint64_t ram_mb = pages > 0 && page > 0 ? (static_cast<uint64_t>(pages) * page) >> 20 : 0;
   return std::clamp<uint64_t>(ram_mb / 32, 256, 2048);
+}
+
+// Parses the value of --`flag`, an integer in [lo, hi]; otherwise says so on stderr.
+bool IntFlag(const char* flag, const char* arg, long long lo, long long hi, long long* out) {
+  char* end = nullptr;
+  long long v = strtoll(arg, &end, 10);
+  if (*arg == '\0' || *end != '\0' || v < lo || v > hi) {
+    fprintf(stderr, "constellationd: --%s: \"%s\" is not %lld..%lld\n", flag, arg, lo, hi);
+    return false;
+  }
+  *out = v;
+  return true;
 }
 
 Result<LogLevel> ParseLogLevel(const std::string& s) {
@@ -635,22 +646,15 @@ int Main(int argc, char** argv) {
         f.key_file = optarg;
         break;
       case 'J': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 86400) {
-          fprintf(stderr, "constellationd: --join-timeout-s: \"%s\" is not 1..86400\n", optarg);
-          return 2;
-        }
+        long long v;
+        if (!IntFlag("join-timeout-s", optarg, 1, 86400, &v)) return 2;
         f.join_timeout_s = v;
         break;
       }
       case 'w':
       case 'K': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 100'000'000) {
-          fprintf(stderr, "constellationd: --%s: \"%s\" is not 1..100000000\n",
-                  c == 'w' ? "write-timeout-ms" : "log-keep", optarg);
+        long long v;
+        if (!IntFlag(c == 'w' ? "write-timeout-ms" : "log-keep", optarg, 1, 100'000'000, &v)) {
           return 2;
         }
         if (c == 'w') {
@@ -673,45 +677,27 @@ int Main(int argc, char** argv) {
         f.log_level = optarg;
         break;
       case 'g': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < 1 || v > 30 * 86400) {
-          fprintf(stderr, "constellationd: --chunk-grace-s: \"%s\" is not 1..2592000\n", optarg);
-          return 2;
-        }
+        long long v;
+        if (!IntFlag("chunk-grace-s", optarg, 1, 30 * 86400, &v)) return 2;
         f.chunk_grace_s = v;
         break;
       }
       case 'T': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < 0 || v > 86400000) {
-          fprintf(stderr, "constellationd: --cache-timeout-ms: \"%s\" is not 0..86400000\n",
-                  optarg);
-          return 2;
-        }
+        long long v;
+        if (!IntFlag("cache-timeout-ms", optarg, 0, 86400000, &v)) return 2;
         f.cache_timeout_ms = v;
         break;
       }
       case 'r': {
-        char* end = nullptr;
-        unsigned long long v = strtoull(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v > (1ull << 20)) {
-          fprintf(stderr, "constellationd: --reserve-mb: \"%s\" is not 0..1048576\n", optarg);
-          return 2;
-        }
-        f.reserve_mb = v;
+        long long v;
+        if (!IntFlag("reserve-mb", optarg, 0, 1 << 20, &v)) return 2;
+        f.reserve_mb = static_cast<uint64_t>(v);
         break;
       }
       case 'C': {
-        char* end = nullptr;
-        unsigned long long v = strtoull(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || !isdigit(static_cast<unsigned char>(*optarg)) ||
-            v > (1ull << 20)) {
-          fprintf(stderr, "constellationd: --chunk-cache-mb: \"%s\" is not 0..1048576\n", optarg);
-          return 2;
-        }
-        f.chunk_cache_mb = static_cast<int64_t>(v);
+        long long v;
+        if (!IntFlag("chunk-cache-mb", optarg, 0, 1 << 20, &v)) return 2;
+        f.chunk_cache_mb = v;
         break;
       }
       case 'i': {
@@ -726,22 +712,14 @@ int Main(int argc, char** argv) {
         f.leave_instances = true;
         break;
       case 'N': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < -20 || v > 19) {
-          fprintf(stderr, "constellationd: --agent-nice: \"%s\" is not -20..19\n", optarg);
-          return 2;
-        }
+        long long v;
+        if (!IntFlag("agent-nice", optarg, -20, 19, &v)) return 2;
         f.agent_nice = static_cast<int>(v);
         break;
       }
       case 's': {
-        char* end = nullptr;
-        long long v = strtoll(optarg, &end, 10);
-        if (*optarg == '\0' || *end != '\0' || v < 0 || v > 3600) {
-          fprintf(stderr, "constellationd: --stop-grace-s: \"%s\" is not 0..3600\n", optarg);
-          return 2;
-        }
+        long long v;
+        if (!IntFlag("stop-grace-s", optarg, 0, 3600, &v)) return 2;
         f.stop_grace_s = v;
         break;
       }
