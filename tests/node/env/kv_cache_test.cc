@@ -13,23 +13,13 @@
 
 #include "catch2/catch.hpp"
 #include "node/env/env_fake.h"
+#include "tests/node/env/kv_test_util.h"
 
 namespace constellation {
 namespace {
 
-Status Put(KvStore* kv, std::string_view k, std::string_view v) {
-  KvStore::Batch b;
-  b.Put(k, v);
-  return kv->Write(b, false);
-}
-
-std::string MustGet(KvStore* kv, std::string_view key) {
-  std::string v;
-  Status s = kv->Get(key, &v);
-  INFO(s.ToString());
-  REQUIRE(s.ok());
-  return v;
-}
+using testing::MustGet;
+using testing::Put;
 
 TEST_CASE("kv cache: a read is answered from memory the second time, with what was written") {
   FakeKvStore store;

@@ -13,6 +13,7 @@
 #include "catch2/catch.hpp"
 #include "node/env/env.h"
 #include "node/env/env_fake.h"
+#include "tests/node/env/kv_test_util.h"
 #include "tests/temp_dir.h"
 
 namespace constellation {
@@ -30,19 +31,8 @@ Pairs ScanAll(KvStore* kv, std::string_view start, std::string_view limit, size_
   return out;
 }
 
-std::string MustGet(KvStore* kv, std::string_view key) {
-  std::string v;
-  Status s = kv->Get(key, &v);
-  INFO(s.ToString());
-  REQUIRE(s.ok());
-  return v;
-}
-
-Status Put(KvStore* kv, std::string_view k, std::string_view v, bool sync = false) {
-  KvStore::Batch b;
-  b.Put(k, v);
-  return kv->Write(b, sync);
-}
+using testing::MustGet;
+using testing::Put;
 
 // The behaviour every KvStore must have.
 void CheckContract(KvStore* kv) {
