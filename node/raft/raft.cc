@@ -93,6 +93,13 @@ struct Progress {
     probe_sent = false;
     inflights.clear();
   }
+  // Back to probing without the snapshot (it can no longer be sent): `next` still names
+  // compacted entries, so the next append sends a snapshot again.
+  void AbandonSnapshot() {
+    state = kProbe;
+    probe_sent = false;
+    inflights.clear();
+  }
   void BecomeReplicate() {
     state = kReplicate;
     next = match + 1;
@@ -1050,6 +1057,10 @@ class Raft::Impl {
     }
     SnapshotMeta meta = opts_.storage->SnapshotMetadata();
     CN_CHECK(meta.index > 0) << "entries are compacted but there is no snapshot";
+    if (!opts_.storage->SnapshotDataReady()) {
+      RLOG(Debug) << "the snapshot for " << to << " waits for its data";
+      return false;
+    }
     RLOG(Info) << "sending snapshot " << meta.term << '/' << meta.index << " (" << meta.size
                << " bytes) to " << to << " (next " << pr.next << ", first index "
                << log_.FirstIndex() << ")";
@@ -1066,7 +1077,12 @@ class Raft::Impl {
       Status s = opts_.storage->SnapshotChunk(pr.snap.index, pr.snap_next,
                                               opts_.max_snapshot_chunk_bytes, &chunk);
       if (s.code() == Code::kNotFound && restarts++ < 2) {
-        // A newer snapshot replaced it: stream that one from the start.
+        // A newer snapshot replaced it: stream that one from the start, once it has data.
+        if (!opts_.storage->SnapshotDataReady()) {
+          RLOG(Debug) << "the snapshot for " << to << " was replaced by one without data yet";
+          pr.AbandonSnapshot();
+          return;
+        }
         pr.BecomeSnapshot(opts_.storage->SnapshotMetadata(), ++snap_attempts_);
         continue;
       }

@@ -223,6 +223,12 @@ class RaftStorage {
   // NotFound if that snapshot has been replaced by a newer one.
   virtual Status SnapshotChunk(uint64_t index, uint64_t offset, size_t max_bytes,
                                std::string* out) const = 0;
+  // Whether the latest snapshot's data can be read (SnapshotChunk). A storage may compact its log
+  // behind metadata alone, the state machine's own state standing for the data, and write the
+  // data only when a follower needs it: it answers false until then, and takes the question as
+  // the request to write it. Raft sends no snapshot meanwhile and asks again at the follower's
+  // next heartbeat answer.
+  virtual bool SnapshotDataReady() const { return true; }
 };
 
 // An in-memory RaftStorage for tests and the simulator. Everything written to it counts as
@@ -241,6 +247,14 @@ class MemoryStorage : public RaftStorage {
                  std::vector<Entry>* out) const override;
   Status SnapshotChunk(uint64_t index, uint64_t offset, size_t max_bytes,
                        std::string* out) const override;
+  bool SnapshotDataReady() const override {
+    if (!data_ready_) ++data_asks_;
+    return data_ready_;
+  }
+  // For tests of a storage that writes snapshot data on demand: while false, SnapshotDataReady
+  // answers false (and counts the questions: data_asks()).
+  void SetSnapshotDataReady(bool ready) { data_ready_ = ready; }
+  int data_asks() const { return data_asks_; }
 
   // ---- What an agent does while performing a Ready.
   void SetHardState(const HardState& hs) { hard_state_ = hs; }
@@ -262,6 +276,8 @@ class MemoryStorage : public RaftStorage {
   uint64_t offset_ = 1;         // index of entries_[0]
   uint64_t prev_term_ = 0;      // term of entry offset_ - 1
   std::vector<Entry> entries_;  // entries [offset_, LastIndex()]
+  bool data_ready_ = true;
+  mutable int data_asks_ = 0;
 };
 
 enum class Role : uint8_t { kFollower, kPreCandidate, kCandidate, kLeader };

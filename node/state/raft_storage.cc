@@ -243,11 +243,28 @@ Status KvRaftStorage::Entries(uint64_t lo, uint64_t hi, uint64_t max_bytes,
   return Status::Ok();
 }
 
+bool KvRaftStorage::SnapshotDataReady() const {
+  if (snap_.index == 0 || snap_.size > 0) return true;
+  data_wanted_ = true;
+  return false;
+}
+
+bool KvRaftStorage::TakeDataWanted() {
+  bool wanted = data_wanted_;
+  data_wanted_ = false;
+  return wanted;
+}
+
 Status KvRaftStorage::SnapshotChunk(uint64_t index, uint64_t offset, size_t max_bytes,
                                     std::string* out) const {
   if (index != snap_.index || index == 0) {
     return Status::NotFound("snapshot " + std::to_string(index) + " was replaced");
   }
+  if (snap_.size == 0) {
+    data_wanted_ = true;
+    return Status::Unavailable("snapshot " + std::to_string(index) + " has no data yet");
+  }
+  ++chunk_reads_;
   uint64_t want = std::min<uint64_t>(max_bytes, snap_.size > offset ? snap_.size - offset : 0);
   out->clear();
   std::string piece;
@@ -266,12 +283,8 @@ void KvRaftStorage::StageSnapshotData(uint64_t index, std::string_view data,
   for (uint64_t n = 0; n * kStoreChunk < data.size(); ++n) {
     batch->Put(ChunkKey(index, n), data.substr(n * kStoreChunk, kStoreChunk));
   }
-  if (snap_.index > 0) {
-    // The previous snapshot's pieces.
-    for (uint64_t n = 0; n * kStoreChunk < snap_.size || n == 0; ++n) {
-      batch->Delete(ChunkKey(snap_.index, n));
-    }
-  }
+  // The previous snapshot's pieces (none for a bare one, which may have the same index).
+  for (uint64_t n = 0; n * kStoreChunk < snap_.size; ++n) batch->Delete(ChunkKey(snap_.index, n));
 }
 
 Status KvRaftStorage::StageSnapshot(const raft::Snapshot& snapshot, KvStore::Batch* batch) {
@@ -392,7 +405,8 @@ Result<raft::SnapshotMeta> KvRaftStorage::WriteSnapshotData(KvStore* kv, KvStore
 }
 
 Status KvRaftStorage::DiscardSnapshotData(const raft::SnapshotMeta& meta) {
-  if (meta.index == snap_.index) return Status::Ok();  // the current one's (never discarded)
+  // The current one's is never discarded (a bare current one has none).
+  if (meta.index == snap_.index && snap_.size > 0) return Status::Ok();
   KvStore::Batch b;
   for (uint64_t n = 0; n * kStoreChunk < meta.size; ++n) b.Delete(ChunkKey(meta.index, n));
   return b.empty() ? Status::Ok() : kv_->Write(b, /*sync=*/false);
@@ -421,7 +435,8 @@ Status KvRaftStorage::DeleteLogEntries(KvStore* kv, uint64_t from, uint64_t to) 
 Status KvRaftStorage::InstallSnapshot(const raft::SnapshotMeta& meta, uint64_t keep,
                                       LogRange* dropped) {
   if (dropped != nullptr) *dropped = LogRange{};
-  if (meta.index <= snap_.index) return DiscardSnapshotData(meta);
+  bool fills_bare = meta.index == snap_.index && snap_.size == 0 && meta.size > 0;
+  if (meta.index <= snap_.index && !fills_bare) return DiscardSnapshotData(meta);
   uint64_t index = meta.index;
   if (index > last_) {
     return Status::InvalidArgument("snapshot at " + std::to_string(index) + " beyond the log");
@@ -429,11 +444,7 @@ Status KvRaftStorage::InstallSnapshot(const raft::SnapshotMeta& meta, uint64_t k
   uint64_t compact_to = index + 1 > keep ? index + 1 - keep : 1;
   compact_to = std::max(compact_to, first_);
   KvStore::Batch b;
-  if (snap_.index > 0) {
-    for (uint64_t n = 0; n * kStoreChunk < snap_.size || n == 0; ++n) {
-      b.Delete(ChunkKey(snap_.index, n));
-    }
-  }
+  for (uint64_t n = 0; n * kStoreChunk < snap_.size; ++n) b.Delete(ChunkKey(snap_.index, n));
   b.Put(kSnapKey, raft::EncodeSnapshotMeta(meta));
   uint64_t prev_term = prev_term_;
   if (compact_to > first_) {

@@ -9,6 +9,12 @@
 // is written (synced) before the metadata that names it, so a crash never leaves the metadata
 // without its data; data nothing names is deleted at Open.
 //
+// A snapshot may also be bare: metadata of size 0 and no data. The store's replicated keys are the
+// state as of the applied index, at or past the snapshot's, so compacting the log needs no copy of
+// them; a copy is written (a snapshot with data, at the applied index then) only when a follower
+// needs one: SnapshotDataReady answers false for a bare snapshot and records the request, which
+// the agent takes with TakeDataWanted.
+//
 // The newest entries are cached in memory (bounded) so a leader streaming appends rarely reads the
 // store. Thread-safety: not thread-safe; the agent thread owns it (Replica). The static
 // WriteSnapshotData and DeleteLogEntries touch only the store and may run on any thread.
@@ -53,6 +59,13 @@ class KvRaftStorage : public raft::RaftStorage {
                  std::vector<raft::Entry>* out) const override;
   Status SnapshotChunk(uint64_t index, uint64_t offset, size_t max_bytes,
                        std::string* out) const override;
+  bool SnapshotDataReady() const override;
+
+  // Whether SnapshotDataReady answered false since the last call: a follower waits for data.
+  bool TakeDataWanted();
+  // How many chunks of snapshot data have been read so far: a snapshot is being sent while this
+  // moves (the agent does not replace it by a bare one meanwhile, which would restart the send).
+  uint64_t chunk_reads() const { return chunk_reads_; }
 
   // ---- Persisting a Ready, in one batch: StageSnapshot (replaces the state machine's keys and the
   // log), StageEntries, StageHardState, then the caller writes the batch and calls Persisted() on
@@ -77,9 +90,12 @@ class KvRaftStorage : public raft::RaftStorage {
                                                       const raft::Config& config);
   // Step 2: makes it the snapshot, replacing the previous one, and drops the log entries it covers
   // except the newest `keep`. Unsynced: a crash may bring the previous one back, which is
-  // harmless. A snapshot not newer than the current one is discarded instead. With `dropped`, the
-  // dropped entries' keys are left for the caller to delete (DeleteLogEntries, from any thread):
-  // *dropped is set to their range ([0, 0) for none); Open deletes what is left of them.
+  // harmless. A snapshot not newer than the current one is discarded instead (but data for the
+  // index of a bare one replaces it). A `meta` of size 0 installs a bare snapshot (no step 1),
+  // which `index` must not be past the state machine's applied index as the store holds it. With
+  // `dropped`, the dropped entries' keys are left for the caller to delete (DeleteLogEntries, from
+  // any thread): *dropped is set to their range ([0, 0) for none); Open deletes what is left of
+  // them.
   struct LogRange {
     uint64_t from = 0;
     uint64_t to = 0;  // exclusive
@@ -122,6 +138,8 @@ class KvRaftStorage : public raft::RaftStorage {
   uint64_t first_ = 1;
   uint64_t last_ = 0;
   uint64_t prev_term_ = 0;  // term of entry first_-1
+  mutable bool data_wanted_ = false;
+  mutable uint64_t chunk_reads_ = 0;
 
   // The cache: entries [cache_first_, last_] (may be empty), bounded by count and bytes.
   std::deque<raft::Entry> cache_;

@@ -31,11 +31,9 @@ constexpr int64_t kSyncGatherMs = 2;
 // See CheckFreeSpace.
 constexpr int64_t kFreeSpaceRecheckMs = 20;
 constexpr uint64_t kFreeSpaceSlackBytes = uint64_t{1} << 30;
-// A snapshot copies the whole replicated state on the agent thread (nothing commits meanwhile), so
-// a large state is snapshotted less often: only once the entries applied since the last snapshot
-// number at least its size / this. The copying then costs at most this many bytes per command,
-// and the log holds about as many bytes of entries as the snapshot has.
-constexpr uint64_t kSnapshotBytesPerEntry = 128;
+// How long after the last read of a snapshot's data it is not replaced by a compaction (see
+// MaybeCompact): a follower streaming it asks for the next chunks well within this.
+constexpr int64_t kSnapshotSendQuietMs = 10'000;
 
 struct Waiter {
   std::mutex mu;
@@ -239,6 +237,10 @@ struct Replica::Impl {
   };
   std::unique_ptr<Build> build;
   bool force_pending = false;  // a Compact() that came during a build: once it is installed
+  bool data_wanted = false;    // a follower waits for the data of the bare snapshot
+  // Snapshot data reads seen (KvRaftStorage::chunk_reads), and when they last moved.
+  uint64_t seen_chunk_reads = 0;
+  int64_t chunk_read_ms = 0;
   std::thread agent;
   std::thread syncer;
 
@@ -844,12 +846,14 @@ struct Replica::Impl {
     }
   }
 
-  // Snapshots the state machine and compacts the log: when 2 x log_keep entries, and at least the
-  // last snapshot's size / kSnapshotBytesPerEntry, have been applied since the last snapshot
-  // (keeping log_keep of them for followers slightly behind), or at once (keeping none) when asked
-  // to. The state's copy is written by a thread of its own from a view of the store as of the
-  // applied index (the agent goes on committing: a copy of a large state took it hundreds of ms);
-  // this thread then installs it, the next time it comes here.
+  // Compacts the log when 2 x log_keep entries have been applied since the last snapshot (keeping
+  // log_keep of them for followers slightly behind), or at once (keeping none) when asked to,
+  // behind a bare snapshot: the store's state is the snapshot's, nothing is copied, and the
+  // entries are deleted by a thread of their own. Only when a follower needs the data of a bare
+  // snapshot (TakeDataWanted) is a snapshot with data made, of the applied index then: the copy
+  // is written by a thread of its own from a view of the store (the agent goes on committing: a
+  // copy of a large state took it hundreds of ms), and this thread installs it the next time it
+  // comes here.
   void MaybeCompact() {
     if (build) {
       bool done;
@@ -871,6 +875,7 @@ struct Replica::Impl {
       compact_requested = false;
     }
     force_pending = false;
+    data_wanted = storage->TakeDataWanted() || data_wanted;
     if (!unapplied.empty()) {
       if (force) {
         std::lock_guard<std::mutex> l(mu);
@@ -878,20 +883,40 @@ struct Replica::Impl {
       }
       return;
     }
+    int64_t now_ms = env->clock->MonotonicMs();
+    if (storage->chunk_reads() != seen_chunk_reads) {
+      seen_chunk_reads = storage->chunk_reads();
+      chunk_read_ms = now_ms;
+    }
     uint64_t applied = state.applied_index();
-    uint64_t snap = storage->snapshot_meta().index;
-    uint64_t interval = std::max<uint64_t>(2 * options.log_keep,
-                                           storage->snapshot_meta().size / kSnapshotBytesPerEntry);
-    if (applied <= snap || (!force && applied < snap + interval)) {
-      if (force) compacted_cv.notify_all();  // nothing new to cover
-      return;
+    const raft::SnapshotMeta& snap = storage->snapshot_meta();
+    bool materialize = data_wanted && snap.index > 0 && snap.size == 0;
+    data_wanted = false;
+    uint64_t keep = force ? 0 : options.log_keep;
+    if (!materialize) {
+      // A snapshot being sent stays until the send has been quiet for a while: replacing it
+      // would restart the send, and a follower slower than the compactions would never catch up.
+      bool sending = chunk_read_ms != 0 && now_ms - chunk_read_ms < kSnapshotSendQuietMs;
+      if (applied <= snap.index ||
+          (!force && (applied < snap.index + 2 * options.log_keep || (sending && snap.size > 0)))) {
+        if (force) compacted_cv.notify_all();  // nothing new to cover
+        return;
+      }
     }
     Result<uint64_t> term = storage->Term(applied);
     if (!term.ok()) {
       Compacted(term.status(), applied);
       return;
     }
-    uint64_t keep = force ? 0 : options.log_keep;
+    if (!materialize) {
+      raft::SnapshotMeta bare{applied, *term, raft->applied_config(), 0};
+      KvRaftStorage::LogRange dropped;
+      Status s =
+          storage->InstallSnapshot(bare, keep, options.snapshot_in_background ? &dropped : nullptr);
+      Compacted(s, applied);
+      if (s.ok() && dropped.from != dropped.to) Trim(std::make_unique<Build>(), dropped);
+      return;
+    }
     if (!options.snapshot_in_background) {
       Compacted(storage->CreateSnapshot(applied, *term, raft->applied_config(), keep), applied);
       return;
@@ -950,8 +975,18 @@ struct Replica::Impl {
       build.reset();
       return;
     }
+    Trim(std::move(build), dropped);
+  }
+
+  // Has `dropped`'s log entries deleted by a thread of its own, as `b` (the build in flight).
+  void Trim(std::unique_ptr<Build> b, KvRaftStorage::LogRange dropped) {
     // As many keys as entries since the last snapshot: on this thread, tens of ms per 100,000.
+    build = std::move(b);
     build->phase = Build::Phase::kTrim;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      build_done = false;
+    }
     build->thread = std::thread([this, b = build.get(), dropped] {
       SetThreadName("cn-snapshot");
       TakeProcessNice();
@@ -992,8 +1027,13 @@ struct Replica::Impl {
       compacted_cv.notify_all();
       return;
     }
-    CN_LOG(Info) << "snapshot at " << index << " (" << storage->snapshot_meta().size
-                 << " bytes); the log now starts at " << storage->FirstIndex();
+    if (storage->snapshot_meta().size == 0) {
+      CN_LOG(Info) << "log compacted up to " << index << " (a bare snapshot); it now starts at "
+                   << storage->FirstIndex();
+    } else {
+      CN_LOG(Info) << "snapshot at " << index << " (" << storage->snapshot_meta().size
+                   << " bytes, for a follower); the log now starts at " << storage->FirstIndex();
+    }
     {
       std::lock_guard<std::mutex> l(mu);
       log_first = storage->FirstIndex();

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A node joins a cluster with a long, compacted log: it is brought up to date from a snapshot
-streamed in chunks, the voter set grows by itself (1 voter, then 3 as nodes join), and a file in
+the leader writes for it then (compacting copied nothing) and streams in chunks, the voter set grows by itself (1 voter, then 3 as nodes join), and a file in
 cluster/ whose data chunks live only on the node that wrote it is listed everywhere and fails
 to read (EIO) elsewhere without harming the node."""
 import errno
@@ -17,13 +17,17 @@ with open(os.path.join(c.mnt(1), "cluster", "hello"), "w") as f:
     f.write("hello from n1\n")
 if write(c.c(1, "ctl"), "compact") != 0:
     fail("compact", c)
-if "snapshot at" not in read(c.log(1)):
-    fail("node 1 took no snapshot", c)
+if "log compacted up to" not in read(c.log(1)):
+    fail("node 1 did not compact its log", c)
+if "for a follower" in read(c.log(1)):
+    fail("node 1 copied its state before a follower needed it", c)
 
 c.tool("add")
 c.n = 2
 if "installed snapshot" not in read(c.log(2)):
     fail("node 2 joined without a snapshot", c)
+if "for a follower" not in read(c.log(1)):
+    fail("node 1 sent a snapshot it did not write for node 2", c)
 if sorted(os.listdir(c.c(2, "instances"))) != sorted(f"i{i}" for i in range(400)):
     fail("node 2 lacks instances after joining", c)
 if read(c.c(2, "audit")) != read(c.c(1, "audit")):

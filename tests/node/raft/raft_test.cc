@@ -324,13 +324,23 @@ TEST_CASE("uncommitted data is bounded") {
   CHECK(s.code() == Code::kUnavailable);
 }
 
-TEST_CASE("a lagging follower is caught up by a snapshot streamed in chunks") {
+// Three nodes, snapshot chunks of 8 bytes, 2 in flight: node 3 missed six commands that node 1
+// (the leader) then compacted into a snapshot at 7. Node 3 is still cut off.
+namespace {
+std::unique_ptr<Harness> LaggingBehindSnapshot() {
   auto hp = Cluster(3, "chunk-bytes=8 chunk-window=2");
   Harness& h = *hp;
   h.Run("isolate 3");
   for (int i = 0; i < 6; ++i) REQUIRE(h.node("1").raft->Propose(Numbered("value", i)).ok());
   h.Stabilize();
   h.Run("compact 1");
+  return hp;
+}
+}  // namespace
+
+TEST_CASE("a lagging follower is caught up by a snapshot streamed in chunks") {
+  auto hp = LaggingBehindSnapshot();
+  Harness& h = *hp;
   REQUIRE(h.node("1").storage->snapshot().meta.index == 7);
   uint64_t size = h.node("1").storage->snapshot().meta.size;
   h.Run("heal");
@@ -344,6 +354,31 @@ TEST_CASE("a lagging follower is caught up by a snapshot streamed in chunks") {
   CHECK(Applied(h, "3") == Applied(h, "1"));
   REQUIRE(h.node("1").raft->Propose("after").ok());
   h.Stabilize();
+  CHECK(Applied(h, "3") == Applied(h, "1"));
+}
+
+TEST_CASE("a snapshot whose data is not written yet is not sent; it is once written") {
+  auto hp = LaggingBehindSnapshot();
+  Harness& h = *hp;
+  h.node("1").storage->SetSnapshotDataReady(false);
+  h.Run("heal");
+  int snapshots = 0;
+  for (int round = 0; round < 20; ++round) {
+    h.Run("tick 1");
+    for (const Message& m : h.ProcessReady("1").messages) {
+      snapshots += m.type == MessageType::kSnapshot;
+    }
+    h.Stabilize();
+  }
+  CHECK(snapshots == 0);
+  CHECK(h.node("1").storage->data_asks() >= 10);  // asked again at each heartbeat answer
+  CHECK(h.node("3").raft->applied_index() < 7);
+  h.node("1").storage->SetSnapshotDataReady(true);
+  for (int round = 0; round < 50 && h.node("3").raft->applied_index() < 7; ++round) {
+    h.Run("tick 1");
+    h.Stabilize();
+  }
+  CHECK(h.node("3").storage->snapshot().meta.index == 7);
   CHECK(Applied(h, "3") == Applied(h, "1"));
 }
 

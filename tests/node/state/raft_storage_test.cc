@@ -234,6 +234,72 @@ TEST_CASE("raft storage: a snapshot written from a view is installed later; unna
   CHECK(read_back(again->get()) == pairs);
 }
 
+TEST_CASE("raft storage: a bare snapshot cuts the log; its data is written when asked for") {
+  FakeKvStore kv;
+  auto pieces = [&] {
+    int n = 0;
+    REQUIRE(kv.Scan("r/s/", "r/s0", [&](std::string_view, std::string_view) {
+                ++n;
+                return true;
+              }).ok());
+    return n;
+  };
+  auto s = KvRaftStorage::Open(&kv, Voters({"n1"}));
+  REQUIRE(s.ok());
+  KvStore::Batch state;
+  state.Put("i/web", std::string(3 << 20, 'a'));  // several pieces, once written
+  state.Put(keys::kApplied, BigEndian64(10));
+  REQUIRE(kv.Write(state, true).ok());
+  Persist(s->get(), &kv, Ents(1, 30, 1));
+  CHECK((*s)->SnapshotDataReady());  // no snapshot yet: nothing to send, nothing to write
+  CHECK_FALSE((*s)->TakeDataWanted());
+
+  // A bare snapshot: metadata alone, the log cut behind it, no data written.
+  REQUIRE((*s)->InstallSnapshot(raft::SnapshotMeta{10, 1, Voters({"n1"}), 0}, 3).ok());
+  CHECK((*s)->FirstIndex() == 8);
+  CHECK(pieces() == 0);
+  CHECK_FALSE((*s)->SnapshotDataReady());  // asking is the request
+  CHECK((*s)->TakeDataWanted());
+  CHECK_FALSE((*s)->TakeDataWanted());
+  std::string chunk;
+  CHECK((*s)->SnapshotChunk(10, 0, 1 << 20, &chunk).code() == Code::kUnavailable);
+  CHECK((*s)->TakeDataWanted());
+  CHECK((*s)->chunk_reads() == 0);
+
+  // It survives a crash and a reopen as it is.
+  REQUIRE(kv.Sync().ok());
+  kv.Crash();
+  s = KvRaftStorage::Open(&kv, Voters({"n1"}));
+  REQUIRE(s.ok());
+  CHECK((*s)->SnapshotMetadata() == raft::SnapshotMeta{10, 1, Voters({"n1"}), 0});
+  CHECK((*s)->FirstIndex() == 8);
+  CHECK_FALSE((*s)->SnapshotDataReady());
+
+  // Data written for its index fills it in, and can be sent.
+  auto view = kv.NewView();
+  REQUIRE(view.ok());
+  auto meta = KvRaftStorage::WriteSnapshotData(&kv, view->get(), 10, 1, Voters({"n1"}));
+  REQUIRE(meta.ok());
+  REQUIRE((*s)->InstallSnapshot(*meta, 3).ok());
+  CHECK((*s)->SnapshotMetadata() == *meta);
+  CHECK((*s)->SnapshotDataReady());
+  CHECK(pieces() == 4);
+  REQUIRE((*s)->SnapshotChunk(10, 0, 1 << 20, &chunk).ok());
+  CHECK(chunk.size() == 1 << 20);
+  CHECK((*s)->chunk_reads() == 1);
+
+  // A newer bare one replaces it and its data; data written for it but not installed is discarded.
+  REQUIRE((*s)->InstallSnapshot(raft::SnapshotMeta{20, 1, Voters({"n1"}), 0}, 3).ok());
+  CHECK(pieces() == 0);
+  CHECK((*s)->FirstIndex() == 18);
+  auto unused = KvRaftStorage::WriteSnapshotData(&kv, view->get(), 20, 1, Voters({"n1"}));
+  REQUIRE(unused.ok());
+  CHECK(pieces() == 4);
+  REQUIRE((*s)->DiscardSnapshotData(*unused).ok());
+  CHECK(pieces() == 0);
+  view->reset();
+}
+
 TEST_CASE("state snapshot decoding refuses local keys, disorder and lies") {
   auto none = [](std::string_view, std::string_view) { return Status::Ok(); };
   std::string ok(1, '\x01');

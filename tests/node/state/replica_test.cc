@@ -222,120 +222,197 @@ TEST_CASE("compaction drops applied log entries and state survives a restart") {
   CHECK(r->state().GetInstance("web")->disk_mb == 100);
 }
 
-TEST_CASE("a snapshot is written off the agent thread: commits go on meanwhile") {
+// The snapshot's metadata as the store holds it, and how many pieces of data it holds for it and
+// for any other index.
+struct StoredSnapshot {
+  raft::SnapshotMeta meta;
+  int pieces = 0;
+  int unnamed_pieces = 0;
+};
+
+StoredSnapshot ReadStoredSnapshot(KvStore* kv) {
+  StoredSnapshot s;
+  std::string v;
+  REQUIRE(kv->Get("r/snap", &v).ok());
+  Result<raft::SnapshotMeta> meta = raft::DecodeSnapshotMeta(v);
+  REQUIRE(meta.ok());
+  s.meta = *meta;
+  REQUIRE(kv->Scan("r/s/", "r/s0", [&](std::string_view k, std::string_view) {
+              ++(FromBigEndian64(k.substr(4, 8)) == s.meta.index ? s.pieces : s.unnamed_pieces);
+              return true;
+            }).ok());
+  return s;
+}
+
+TEST_CASE("compaction copies nothing: the log is cut behind a bare snapshot") {
   Fixture f;
   f.options.log_keep = 5;
   auto r = f.Open();
   REQUIRE(r->Propose(Create("web")).ok());
-  REQUIRE(r->Propose(Set("web", "ram_mb", "64")).ok());
-  f.kv.HoldViewScans(true);
-  Status compacted = Status::Internal("Compact has not returned");
-  std::thread compactor([&] { compacted = r->Compact(); });
-  f.kv.WaitForHeldViewScan();
-  uint64_t at = r->GetStatus().applied_index;  // what the held snapshot covers
-  for (int i = 0; i < 20; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
-  CHECK(r->GetStatus().snapshot_index < at);
+  for (int i = 0; i < 30; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  f.kv.HoldViewScans(true);  // a copy of the state would wait here, and Compact with it
+  REQUIRE(r->Compact().ok());
   f.kv.HoldViewScans(false);
-  compactor.join();
-  REQUIRE(compacted.ok());
   ReplicaStatus st = r->GetStatus();
-  CHECK(st.snapshot_index == at);
-  CHECK(st.log_first_index == at + 1);  // a Compact keeps no entry
-  // The ones it covers were deleted (by the time the replica is closed: off the agent thread too).
-  // After a crash the entries after it replay over it (or, the unsynced installation lost, all of
-  // them, none of them deleted either).
+  CHECK(st.snapshot_index == st.applied_index);
+  CHECK(st.log_first_index == st.applied_index + 1);
+  StoredSnapshot stored = ReadStoredSnapshot(r->store());
+  CHECK(stored.meta.index == st.applied_index);
+  CHECK(stored.meta.size == 0);
+  CHECK(stored.pieces + stored.unnamed_pieces == 0);
   r.reset();
-  int covered = 0;
-  REQUIRE(f.kv.Scan("l/", "l0",
-                    [&](std::string_view k, std::string_view) {
-                      covered += FromBigEndian64(k.substr(2)) <= at;
-                      return true;
-                    })
-              .ok());
-  CHECK(covered == 0);
   f.kv.Crash();
   r = f.Open();
-  CHECK(r->state().GetInstance("web")->disk_mb == 19);
-  CHECK(r->state().GetInstance("web")->ram_mb == 64);
+  CHECK(r->state().GetInstance("web")->disk_mb == 29);
+  REQUIRE(r->Propose(Set("web", "disk_mb", "100")).ok());
+  CHECK(r->state().GetInstance("web")->disk_mb == 100);
 }
 
-TEST_CASE("a snapshot whose data cannot be written: Compact says why, and nothing changes") {
+// Two replicas on the real clock, wired together: n1 bootstraps a cluster, and n2, opened later
+// with `join`, is made a learner by n1 and caught up by raft.
+struct Pair {
+  Fixture one_f, two_f;
+  std::unique_ptr<Replica> one, two;
+  std::mutex mu;
+  Replica* to_one = nullptr;  // guarded by mu: where messages go, null while closed
+  Replica* to_two = nullptr;
+
+  Pair() {
+    for (Fixture* f : {&one_f, &two_f}) {
+      f->env.clock = DefaultEnv()->clock;
+      f->options.tick_ms = 5;
+      f->options.log_keep = 5;
+      f->options.send = [this](const raft::Message& m) {
+        std::lock_guard<std::mutex> l(mu);
+        Replica* to = m.to == "n1" ? to_one : to_two;
+        if (to != nullptr) to->Deliver(m);
+      };
+    }
+    two_f.options.node_name = "n2";
+    two_f.options.join = true;
+    one_f.options.plan_membership =
+        [](const ReplicaOptions::ClusterView& v) -> std::optional<raft::ConfChange> {
+      if (v.config.Contains("n2")) return std::nullopt;
+      return raft::ConfChange(raft::ConfChangeType::kAddLearner, "n2");
+    };
+  }
+  ~Pair() {
+    CloseOne();
+    CloseTwo();
+  }
+  void OpenOne() {
+    one = one_f.Open();
+    std::lock_guard<std::mutex> l(mu);
+    to_one = one.get();
+  }
+  void OpenTwo() {
+    two = two_f.Open();
+    std::lock_guard<std::mutex> l(mu);
+    to_two = two.get();
+  }
+  void CloseOne() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      to_one = nullptr;
+    }
+    one.reset();
+  }
+  void CloseTwo() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      to_two = nullptr;
+    }
+    two.reset();
+  }
+  // Whether n2 comes to hold web's disk_mb == `want` within 20 s.
+  bool TwoHas(int want) {
+    for (int i = 0; i < 4000; ++i) {
+      std::optional<InstanceRecord> web = two->state().GetInstance("web");
+      if (web && web->disk_mb == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+};
+
+TEST_CASE("a follower that needs compacted entries gets a snapshot made for it, then entries") {
+  Pair p;
+  p.OpenOne();
+  REQUIRE(p.one->Propose(Create("web")).ok());
+  for (int i = 0; i < 30; ++i) {
+    REQUIRE(p.one->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  }
+  REQUIRE(p.one->Compact().ok());
+  REQUIRE(ReadStoredSnapshot(p.one->store()).meta.size == 0);
+  p.OpenTwo();
+  REQUIRE(p.TwoHas(29));
+  // n1 wrote the data then, as of its applied index, and n2 installed it.
+  StoredSnapshot made = ReadStoredSnapshot(p.one->store());
+  CHECK(made.meta.size > 0);
+  CHECK(made.meta.index >= p.one->GetStatus().log_first_index - 1);
+  CHECK(made.pieces > 0);
+  CHECK(made.unnamed_pieces == 0);
+  CHECK(p.two->GetStatus().snapshot_index > 0);
+  REQUIRE(p.one->Propose(Set("web", "disk_mb", "100")).ok());
+  CHECK(p.TwoHas(100));
+}
+
+TEST_CASE("a snapshot for a follower is written off the agent thread: commits go on meanwhile") {
+  Pair p;
+  p.OpenOne();
+  REQUIRE(p.one->Propose(Create("web")).ok());
+  REQUIRE(p.one->Propose(Set("web", "ram_mb", "64")).ok());
+  REQUIRE(p.one->Compact().ok());
+  p.one_f.kv.HoldViewScans(true);
+  p.OpenTwo();
+  p.one_f.kv.WaitForHeldViewScan();
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(p.one->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
+  }
+  CHECK(ReadStoredSnapshot(p.one->store()).meta.size == 0);  // not installed while held
+  p.one_f.kv.HoldViewScans(false);
+  REQUIRE(p.TwoHas(19));
+  CHECK(p.two->state().GetInstance("web")->ram_mb == 64);
+  StoredSnapshot made = ReadStoredSnapshot(p.one->store());
+  CHECK(made.meta.size > 0);
+  CHECK(made.unnamed_pieces == 0);
+}
+
+TEST_CASE("a replica closed while it writes a snapshot for a follower leaves no unnamed data") {
+  Pair p;
+  p.OpenOne();
+  REQUIRE(p.one->Propose(Create("web")).ok());
+  REQUIRE(p.one->Compact().ok());
+  p.one_f.kv.HoldViewScans(true);
+  p.OpenTwo();
+  p.one_f.kv.WaitForHeldViewScan();
+  // Closing waits for the snapshot's thread. Released as the close begins, the snapshot is either
+  // abandoned (its data deleted) or installed just before.
+  std::thread closer([&] { p.CloseOne(); });
+  p.one_f.kv.HoldViewScans(false);
+  closer.join();
+  p.CloseTwo();
+  std::unique_ptr<KvStore> store = p.one_f.kv.Share();
+  StoredSnapshot left = ReadStoredSnapshot(store.get());
+  CHECK(left.unnamed_pieces == 0);
+  CHECK((left.pieces > 0) == (left.meta.size > 0));
+  p.one_f.options.send = nullptr;
+  auto r = p.one_f.Open();
+  CHECK(r->GetStatus().snapshot_index == left.meta.index);
+  CHECK(r->state().GetInstance("web").has_value());
+}
+
+TEST_CASE("a compaction whose write fails: Compact says why, and nothing changes") {
   Fixture f;  // the default log_keep: no snapshot is taken but the one asked for
   auto r = f.Open();
   REQUIRE(r->Propose(Create("web")).ok());
   REQUIRE(r->Propose(Set("web", "disk_mb", "20")).ok());
   uint64_t before = r->GetStatus().snapshot_index;
-  f.kv.FailNextWrites(1, Status::NoSpace("disk full"));  // the snapshot's first piece
+  f.kv.FailNextWrites(1, Status::NoSpace("disk full"));  // the snapshot's metadata
   CHECK(r->Compact().code() == Code::kNoSpace);
   CHECK(r->GetStatus().snapshot_index == before);
   REQUIRE(r->Compact().ok());
   CHECK(r->GetStatus().snapshot_index == r->GetStatus().applied_index);
-}
-
-TEST_CASE("a replica closed while a snapshot is written leaves no data that nothing names") {
-  Fixture f;
-  auto r = f.Open();
-  REQUIRE(r->Propose(Create("web")).ok());
-  f.kv.HoldViewScans(true);
-  Status compacted = Status::Internal("Compact has not returned");
-  std::thread compactor([&] { compacted = r->Compact(); });
-  f.kv.WaitForHeldViewScan();
-  // Closing waits for the snapshot's thread. Released as the close begins, the snapshot is either
-  // abandoned (its data deleted; Compact: Unavailable) or installed just before (Compact: Ok).
-  std::thread closer([&] { r.reset(); });
-  f.kv.HoldViewScans(false);
-  closer.join();
-  compactor.join();
-  CHECK((compacted.ok() || compacted.code() == Code::kUnavailable));
-  std::string v;
-  REQUIRE(f.kv.Get("r/snap", &v).ok());
-  Result<raft::SnapshotMeta> named = raft::DecodeSnapshotMeta(v);
-  REQUIRE(named.ok());
-  int unnamed = 0;
-  REQUIRE(f.kv.Scan("r/s/", "r/s0",
-                    [&](std::string_view k, std::string_view) {
-                      unnamed += FromBigEndian64(k.substr(4, 8)) != named->index;
-                      return true;
-                    })
-              .ok());
-  CHECK(unnamed == 0);
-  r = f.Open();
-  CHECK(r->GetStatus().snapshot_index == named->index);
-  CHECK(r->state().GetInstance("web").has_value());
-}
-
-TEST_CASE("a large state is snapshotted less often: once its size / 128 entries have applied") {
-  Fixture f;
-  f.options.log_keep = 5;
-  f.options.snapshot_in_background = false;  // taken in the round that applied the entry
-  auto r = f.Open();
-  // Two more commands, each proposed after the one before was answered: the agent has finished
-  // the round that answered the first, compaction included.
-  auto settle = [&] {
-    REQUIRE(r->Propose(Set("web", "disk_mb", "1")).ok());
-    REQUIRE(r->Propose(Set("web", "disk_mb", "2")).ok());
-  };
-  REQUIRE(r->Propose(Create("web")).ok());
-  // A state of more than 60 KB (120 with the write's audit line): the next snapshot waits for
-  // about 940 entries, not 2 x 5.
-  std::string env;
-  for (int i = 0; i < 10; ++i)
-    env += "BIG" + std::to_string(i) + "=" + std::string(6000, 'x') + "\n";
-  REQUIRE(r->Propose(Set("web", "env", env)).ok());
-  REQUIRE(r->Compact().ok());
-  settle();
-  uint64_t first = r->GetStatus().snapshot_index;
-  REQUIRE(first > 0);
-  for (int i = 0; i < 100; ++i) REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
-  settle();
-  CHECK(r->GetStatus().snapshot_index == first);
-  for (int i = 0; i < 1200; ++i) {
-    REQUIRE(r->Propose(Set("web", "disk_mb", std::to_string(i))).ok());
-  }
-  settle();
-  ReplicaStatus st = r->GetStatus();
-  CHECK(st.snapshot_index >= first + 120000 / 128);
-  CHECK(st.log_first_index > first);  // compacted, keeping log_keep entries
 }
 
 TEST_CASE("events are published after apply, from the time of subscription") {
