@@ -238,7 +238,8 @@ struct Replica::Impl {
   std::unique_ptr<Build> build;
   bool force_pending = false;  // a Compact() that came during a build: once it is installed
   bool data_wanted = false;    // a follower waits for the data of the bare snapshot
-  // Snapshot data reads seen (KvRaftStorage::chunk_reads), and when they last moved.
+  // Snapshot data reads seen (KvRaftStorage::chunk_reads), and when they last moved (or when a
+  // snapshot with data was installed).
   uint64_t seen_chunk_reads = 0;
   int64_t chunk_read_ms = 0;
   std::thread agent;
@@ -970,6 +971,8 @@ struct Replica::Impl {
     }
     KvRaftStorage::LogRange dropped;
     Status s = storage->InstallSnapshot(*build->result, build->keep, &dropped);
+    // Made for a follower: it stays until its send has been quiet for a while, as if read now.
+    if (s.ok()) chunk_read_ms = env->clock->MonotonicMs();
     Compacted(s, build->result->index);
     if (!s.ok() || dropped.from == dropped.to) {
       build.reset();
