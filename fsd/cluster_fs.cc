@@ -170,9 +170,12 @@ void ClusterFs::OnFsChanges(const std::vector<FsChange>& changes, bool reset) {
   auto entry = [&](uint64_t parent, const std::string& name) {
     if (parent != 0 && !name.empty()) todo.emplace_back(parent, name);
   };
+  bool locks_changed = reset;
   for (const FsChange& c : changes) {
     if (c.node == options_.node_name) continue;  // this kernel saw it happen
     const FsOp& op = c.op;
+    locks_changed = locks_changed || op.type == FsOpType::kLock ||
+                    op.type == FsOpType::kUnlockOwner || op.type == FsOpType::kReleaseNode;
     inode(op.ino);
     if (c.result.inode) inode(c.result.inode->ino);
     switch (op.type) {
@@ -198,9 +201,10 @@ void ClusterFs::OnFsChanges(const std::vector<FsChange>& changes, bool reset) {
   // Only the invalidation thread takes mu_: the applier must not wait for a lock that a thread
   // waiting for this very commit may hold (Open holds mu_ while it waits for a file's lock).
   if (reset) todo.emplace_back(0, "");
-  if (todo.empty()) return;
+  if (todo.empty() && !locks_changed) return;
   {
     std::lock_guard<std::mutex> il(inval_mu_);
+    remote_locks_changed_ = remote_locks_changed_ || locks_changed;
     for (auto& t : todo) {
       if (inval_queue_.size() >= kMaxQueuedInvalidations) {
         ++inval_dropped_;
@@ -217,18 +221,30 @@ void ClusterFs::InvalidateLoop() {
   for (;;) {
     std::pair<uint64_t, std::string> item;
     Invalidator inv;
+    bool locks_changed;
     {
       std::unique_lock<std::mutex> l(inval_mu_);
-      inval_cv_.wait(l, [&] { return inval_stop_ || !inval_queue_.empty(); });
+      inval_cv_.wait(l,
+                     [&] { return inval_stop_ || !inval_queue_.empty() || remote_locks_changed_; });
       if (inval_stop_) return;
-      item = std::move(inval_queue_.front());
-      inval_queue_.pop_front();
+      locks_changed = remote_locks_changed_;
+      remote_locks_changed_ = false;
+      if (!locks_changed) {
+        item = std::move(inval_queue_.front());
+        inval_queue_.pop_front();
+      }
       inv = invalidator_;
       if (inval_dropped_ != dropped_logged) {
         CN_LOG(Warning) << "kernel cache invalidations dropped (queue full): "
                         << inval_dropped_ - dropped_logged;
         dropped_logged = inval_dropped_;
       }
+    }
+    if (locks_changed) {  // the queued invalidations follow at the next rounds
+      std::lock_guard<std::mutex> l(mu_);
+      ++lock_generation_;
+      lock_changed_.notify_all();
+      continue;
     }
     // The in-memory committed inodes first, then the kernel's caches.
     std::vector<uint64_t> inodes;
@@ -1247,11 +1263,22 @@ Status ClusterFs::UnlockOwner(uint64_t ino, uint64_t owner, bool flock) {
   return s;
 }
 
-void ClusterFs::WaitLockChange(int64_t timeout_ms) {
+uint64_t ClusterFs::LockGeneration() {
+  std::lock_guard<std::mutex> l(mu_);
+  return lock_generation_;
+}
+
+void ClusterFs::WaitLockChange(uint64_t seen, int64_t timeout_ms) {
   std::unique_lock<std::mutex> l(mu_);
-  uint64_t seen = lock_generation_;
   lock_changed_.wait_for(l, std::chrono::milliseconds(timeout_ms),
-                         [&] { return lock_generation_ != seen; });
+                         [&] { return lock_generation_ != seen || lock_wake_; });
+  lock_wake_ = false;
+}
+
+void ClusterFs::WakeLockWaiters() {
+  std::lock_guard<std::mutex> l(mu_);
+  lock_wake_ = true;
+  lock_changed_.notify_all();
 }
 
 Result<std::string> ClusterFs::CollectGarbage() {

@@ -124,14 +124,18 @@ class ClusterFs {
   Result<struct statvfs> StatFs();
 
   // Locks, as state in the log. `owner` is the kernel's lock owner. SetLock with a conflict
-  // returns Unavailable (EAGAIN); WaitLockChange blocks until some lock changes or `timeout_ms`
-  // passes, for blocking requests (F_SETLKW, flock without LOCK_NB) that retry.
+  // returns Unavailable (EAGAIN). Blocking requests (F_SETLKW, flock without LOCK_NB) retry when
+  // a lock changes: lock changes are counted (LockGeneration, taken before a try), and
+  // WaitLockChange returns once the count differs from `seen`, WakeLockWaiters was called since
+  // the last return, or `timeout_ms` passed.
   Result<struct flock> GetLock(uint64_t ino, uint64_t owner, const struct flock& want);
   Status SetLock(uint64_t ino, uint64_t owner, const struct flock& lock, const Caller& c);
   Status Flock(uint64_t ino, uint64_t owner, int op, const Caller& c);
   // Drops the owner's POSIX locks (close) or its flock lock (last release of the open file).
   Status UnlockOwner(uint64_t ino, uint64_t owner, bool flock);
-  void WaitLockChange(int64_t timeout_ms);
+  uint64_t LockGeneration();
+  void WaitLockChange(uint64_t seen, int64_t timeout_ms);
+  void WakeLockWaiters();
   // Drops what this node caches of the inodes and names that ops applied from other nodes changed
   // (or of everything, with `reset`, after a snapshot replaced the state): the in-memory committed
   // inodes at once, the kernel's attributes, pages and entries through the invalidation thread.
@@ -207,6 +211,7 @@ class ClusterFs {
   std::set<std::tuple<uint64_t, uint64_t, bool>> lockers_;  // guarded by mu_
   std::condition_variable lock_changed_;                    // with mu_
   uint64_t lock_generation_ = 0;                            // guarded by mu_
+  bool lock_wake_ = false;                                  // guarded by mu_
 
   // Kernel invalidations for remote changes (see OnFsChanges). Lock order: mu_ before inval_mu_.
   std::mutex inval_call_mu_;  // held while an invalidator runs; before inval_mu_
@@ -215,7 +220,10 @@ class ClusterFs {
   Invalidator invalidator_;                                   // guarded by inval_mu_
   std::deque<std::pair<uint64_t, std::string>> inval_queue_;  // (ino, "") or (parent, name)
   bool inval_stop_ = false;                                   // guarded by inval_mu_
-  uint64_t inval_dropped_ = 0;                                // guarded by inval_mu_
+  // Locks changed by ops of other nodes: the invalidation thread counts it in lock_generation_
+  // (the applier may not take mu_), which wakes blocked lock requests here.
+  bool remote_locks_changed_ = false;  // guarded by inval_mu_
+  uint64_t inval_dropped_ = 0;         // guarded by inval_mu_
   std::thread inval_thread_;
   std::unordered_set<uint64_t> kernel_cached_;  // inodes opened with KEEP_CACHE, guarded by mu_
 

@@ -106,6 +106,20 @@ struct FuseFront::Impl {
   bool wake = false;
   bool stopping = false;
   std::thread dispatcher;
+  // A blocking lock request (F_SETLKW, flock without LOCK_NB) that met a conflict. It waits here
+  // and holds no worker: with a worker each, enough waiters took every worker, and the unlock
+  // that would have let them go never found one (every request of the mount then hung). The
+  // locker tries them again, oldest first, whenever a lock changed since their last try.
+  struct LockWait {
+    fuse_req_t req;
+    std::function<Status()> attempt;
+    uint64_t tried_at;  // ClusterFs::LockGeneration() before the last try
+    bool registering;   // as Parked's
+    bool interrupted;
+  };
+  std::map<uint64_t, LockWait> lock_waits;  // guarded by mu
+  std::condition_variable locker_cv;        // to the locker: a first wait, or stopping
+  std::thread locker;
   // Requests answered later by another thread (control-file writes, rmdir of an instance, unlink
   // and rmdir in cluster/); the session outlives them (~FuseFront).
   size_t late_replies = 0;
@@ -361,18 +375,94 @@ struct FuseFront::Impl {
                                                    static_cast<uint64_t>(len), CallerOf(req)));
   }
 
-  // Blocking lock requests retry whenever a lock changes, until granted or interrupted (Ctrl-C
-  // reaches the holder of a FUSE request as an interrupt; the worker thread is held meanwhile).
-  template <typename Try>
-  static void LockRetrying(fuse_req_t req, bool block, Try attempt) {
-    for (;;) {
-      Status s = attempt();
-      if (s.code() != Code::kUnavailable || !block) return ReplyStatus(req, s);
-      if (fuse_req_interrupted(req)) {
+  // A lock request: tried at once; a blocking one that meets a conflict waits in lock_waits
+  // until granted or interrupted (Ctrl-C reaches the holder of a FUSE request as an interrupt).
+  static void LockOrWait(fuse_req_t req, bool block, std::function<Status()> attempt) {
+    Impl* self = From(req);
+    uint64_t generation = self->cluster->LockGeneration();
+    Status s = attempt();
+    if (s.code() != Code::kUnavailable || !block) return ReplyStatus(req, s);
+    uint64_t token;
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      if (self->stopping) {
         fuse_reply_err(req, EINTR);
         return;
       }
-      From(req)->cluster->WaitLockChange(100);
+      token = self->next_token++;
+      self->lock_waits[token] = LockWait{req, std::move(attempt), generation, true, false};
+    }
+    self->locker_cv.notify_one();
+    fuse_req_interrupt_func(req, &Impl::OnLockInterrupt, reinterpret_cast<void*>(token));
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      self->lock_waits.at(token).registering = false;
+    }
+    // A lock may have changed since the try (or the request was interrupted meanwhile).
+    self->cluster->WakeLockWaiters();
+  }
+
+  // As OnInterrupt, for lock waits: marks the wait for the locker to answer EINTR.
+  static void OnLockInterrupt(fuse_req_t req, void* data) {
+    Impl* self = From(req);
+    uint64_t token = reinterpret_cast<uintptr_t>(data);
+    {
+      std::lock_guard<std::mutex> l(self->mu);
+      auto it = self->lock_waits.find(token);
+      if (it == self->lock_waits.end()) return;
+      it->second.interrupted = true;
+    }
+    self->cluster->WakeLockWaiters();
+  }
+
+  // The locker thread: answers the waits that were interrupted (EINTR), tries again, oldest
+  // first, those that have not been tried since the last lock change, answers those whose try
+  // ended (granted, or an error), and sleeps until a lock changes, here or on another node (or
+  // 100 ms pass: nothing depends on that). At shutdown every wait left is answered EINTR.
+  void LockLoop() {
+    for (;;) {
+      uint64_t generation = cluster->LockGeneration();
+      std::vector<fuse_req_t> interrupted;
+      std::vector<std::pair<uint64_t, std::function<Status()>>> tries;
+      bool stop;
+      {
+        std::unique_lock<std::mutex> l(mu);
+        locker_cv.wait(l, [&] { return !lock_waits.empty() || stopping; });
+        stop = stopping;
+        for (auto it = lock_waits.begin(); it != lock_waits.end();) {
+          LockWait& w = it->second;
+          if (!w.registering && (w.interrupted || stop)) {
+            interrupted.push_back(w.req);
+            it = lock_waits.erase(it);
+            continue;
+          }
+          if (!w.registering && w.tried_at != generation) {
+            w.tried_at = generation;
+            tries.emplace_back(it->first, w.attempt);
+          }
+          ++it;
+        }
+      }
+      for (fuse_req_t req : interrupted) fuse_reply_err(req, EINTR);
+      if (stop) {
+        std::lock_guard<std::mutex> l(mu);
+        if (lock_waits.empty()) return;
+        continue;  // one still registering: answered at the next round
+      }
+      for (auto& [token, attempt] : tries) {
+        Status s = attempt();
+        if (s.code() == Code::kUnavailable) continue;
+        fuse_req_t req;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          auto it = lock_waits.find(token);
+          if (it == lock_waits.end()) continue;  // cannot happen: only this thread erases
+          req = it->second.req;
+          lock_waits.erase(it);
+        }
+        ReplyStatus(req, s);
+      }
+      if (tries.empty()) cluster->WaitLockChange(generation, 100);
     }
   }
 
@@ -395,7 +485,8 @@ struct FuseFront::Impl {
     struct flock l = *lock;
     uint64_t owner = fi->lock_owner;
     Caller c = CallerOf(req);
-    LockRetrying(req, sleep != 0, [&] { return From(req)->cluster->SetLock(ino, owner, l, c); });
+    ClusterFs* cluster = From(req)->cluster;
+    LockOrWait(req, sleep != 0, [=] { return cluster->SetLock(ino, owner, l, c); });
   }
 
   static void Flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
@@ -405,8 +496,8 @@ struct FuseFront::Impl {
     }
     uint64_t owner = fi->lock_owner;
     Caller c = CallerOf(req);
-    LockRetrying(req, (op & LOCK_NB) == 0,
-                 [&] { return From(req)->cluster->Flock(ino, owner, op, c); });
+    ClusterFs* cluster = From(req)->cluster;
+    LockOrWait(req, (op & LOCK_NB) == 0, [=] { return cluster->Flock(ino, owner, op, c); });
   }
 
   static void FsyncDir(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
@@ -969,6 +1060,12 @@ Result<std::unique_ptr<FuseFront>> FuseFront::Mount(const FuseFrontOptions& opti
     SetThreadName("cn-fuse-events");
     raw->Dispatch();
   });
+  if (impl->cluster != nullptr) {
+    impl->locker = std::thread([raw] {
+      SetThreadName("cn-fuse-locks");
+      raw->LockLoop();
+    });
+  }
   return std::unique_ptr<FuseFront>(new FuseFront(std::move(impl)));
 }
 
@@ -984,7 +1081,10 @@ FuseFront::~FuseFront() {
     impl_->stopping = true;
   }
   impl_->cv.notify_all();
+  impl_->locker_cv.notify_all();
+  if (impl_->cluster != nullptr) impl_->cluster->WakeLockWaiters();
   if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
+  if (impl_->locker.joinable()) impl_->locker.join();
   if (impl_->mounted) fuse_session_unmount(impl_->se);
   if (impl_->se != nullptr) fuse_session_destroy(impl_->se);
   // Files still open when the loop ended never get their release.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Locks on cluster/: fcntl and flock between processes, non-blocking conflicts (EAGAIN),
-blocking waits that end when the holder unlocks, closes or dies, and F_GETLK reporting the
-holder."""
+blocking waits that end when the holder unlocks, closes or dies or when a signal interrupts them,
+more blocked waiters than the daemon has FUSE workers (the mount still answers), and F_GETLK
+reporting the holder."""
 import fcntl
 import os
 import signal
@@ -9,6 +10,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 DAEMON = os.environ["CONSTELLATIOND"]
@@ -100,6 +102,46 @@ def main():
                 fail(f"{kind}: waiter said {out!r}")
             h.kill()
             h.wait()
+            # More blocked waiters than the daemon has FUSE workers (64): a wait holds none, so the
+            # mount still answers, and the holder's unlock gets through to let them all in.
+            h = holder(path, kind, "close")
+            many = [subprocess.Popen([sys.executable, "-c", WAITER, path, kind],
+                                     stdout=subprocess.PIPE, text=True) for _ in range(80)]
+            wait_blocked(many, kind, log)
+            listed = []
+            lister = threading.Thread(target=lambda: listed.append(os.listdir(f"{mount}/cluster")),
+                                      daemon=True)
+            lister.start()
+            lister.join(DEADLINE_S)
+            if not listed:
+                fail(f"{kind}: the mount hung with 80 lock waiters", log)
+            h.stdin.write("\n")
+            h.stdin.flush()
+            for w in many:
+                try:
+                    out, _ = w.communicate(timeout=DEADLINE_S)
+                except subprocess.TimeoutExpired:
+                    fail(f"{kind}: one of 80 waiters was never granted the lock", log)
+                if out.strip() != "granted":
+                    fail(f"{kind}: waiter said {out!r}")
+            h.kill()
+            h.wait()
+            # A signal interrupts a blocked wait (EINTR, the handler runs) without granting it.
+            h = holder(path, kind, "keep")
+            w = subprocess.Popen([sys.executable, "-c", INTERRUPTED, path, kind],
+                                 stdout=subprocess.PIPE, text=True)
+            wait_blocked([w], kind, log)
+            w.send_signal(signal.SIGUSR1)
+            try:
+                out, _ = w.communicate(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                fail(f"{kind}: a signal did not end a blocked wait", log)
+            if out.strip() != "interrupted":
+                fail(f"{kind}: the interrupted waiter said {out!r}")
+            if try_lock(path, kind):
+                fail(f"{kind}: the holder's lock went away with the interrupted wait")
+            h.kill()
+            h.wait()
             # A holder that dies releases its lock.
             h = holder(path, kind, "keep")
             h.kill()
@@ -132,6 +174,44 @@ else:
     fcntl.flock(fd, fcntl.LOCK_EX)
 print("granted", flush=True)
 """
+
+
+INTERRUPTED = r"""
+import fcntl, os, signal, sys
+class Interrupted(Exception):
+    pass
+def on_signal(*_):
+    raise Interrupted()
+signal.signal(signal.SIGUSR1, on_signal)
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    if sys.argv[2] == "posix":
+        fcntl.lockf(fd, fcntl.LOCK_EX, 100, 0)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    print("granted", flush=True)
+except Interrupted:
+    print("interrupted", flush=True)
+"""
+
+# The lock calls: fcntl(2) (lockf) and flock(2), by their x86-64 numbers in /proc/PID/syscall.
+LOCK_SYSCALL = {"posix": "72", "flock": "73"}
+
+
+def wait_blocked(procs, kind, log):
+    """Returns once every process sleeps in its lock call."""
+    end = time.monotonic() + DEADLINE_S
+    for p in procs:
+        while True:
+            try:
+                with open(f"/proc/{p.pid}/syscall") as f:
+                    if f.read().split(" ", 1)[0] == LOCK_SYSCALL[kind]:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                fail(f"{kind}: a waiter never blocked in its lock call", log)
+            time.sleep(0.01)
 
 
 def try_lock_range(path, start):
