@@ -119,6 +119,7 @@ struct FuseFront::Impl {
   };
   std::map<uint64_t, LockWait> lock_waits;  // guarded by mu
   std::condition_variable locker_cv;        // to the locker: a first wait, or stopping
+  bool lock_interrupts = false;             // guarded by mu: a wait was interrupted
   std::thread locker;
   // Requests answered later by another thread (control-file writes, rmdir of an instance, unlink
   // and rmdir in cluster/); the session outlives them (~FuseFront).
@@ -411,6 +412,7 @@ struct FuseFront::Impl {
       auto it = self->lock_waits.find(token);
       if (it == self->lock_waits.end()) return;
       it->second.interrupted = true;
+      self->lock_interrupts = true;
     }
     self->cluster->WakeLockWaiters();
   }
@@ -423,12 +425,13 @@ struct FuseFront::Impl {
     for (;;) {
       uint64_t generation = cluster->LockGeneration();
       std::vector<fuse_req_t> interrupted;
-      std::vector<std::pair<uint64_t, std::function<Status()>>> tries;
+      std::vector<uint64_t> due;  // tokens not tried since the last lock change, oldest first
       bool stop;
       {
         std::unique_lock<std::mutex> l(mu);
         locker_cv.wait(l, [&] { return !lock_waits.empty() || stopping; });
         stop = stopping;
+        lock_interrupts = false;
         for (auto it = lock_waits.begin(); it != lock_waits.end();) {
           LockWait& w = it->second;
           if (!w.registering && (w.interrupted || stop)) {
@@ -436,10 +439,7 @@ struct FuseFront::Impl {
             it = lock_waits.erase(it);
             continue;
           }
-          if (!w.registering && w.tried_at != generation) {
-            w.tried_at = generation;
-            tries.emplace_back(it->first, w.attempt);
-          }
+          if (!w.registering && w.tried_at != generation) due.push_back(it->first);
           ++it;
         }
       }
@@ -449,20 +449,31 @@ struct FuseFront::Impl {
         if (lock_waits.empty()) return;
         continue;  // one still registering: answered at the next round
       }
-      for (auto& [token, attempt] : tries) {
+      bool tried = false;
+      for (uint64_t token : due) {
+        std::function<Status()> attempt;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          // A try may wait for a commit (seconds without a quorum): an interrupt or the
+          // shutdown is answered first, and the waits not tried yet keep their turn.
+          if (lock_interrupts || stopping) break;
+          LockWait& w = lock_waits.at(token);  // only this thread erases
+          w.tried_at = generation;
+          attempt = w.attempt;
+        }
+        tried = true;
         Status s = attempt();
         if (s.code() == Code::kUnavailable) continue;
         fuse_req_t req;
         {
           std::lock_guard<std::mutex> l(mu);
           auto it = lock_waits.find(token);
-          if (it == lock_waits.end()) continue;  // cannot happen: only this thread erases
           req = it->second.req;
           lock_waits.erase(it);
         }
         ReplyStatus(req, s);
       }
-      if (tries.empty()) cluster->WaitLockChange(generation, 100);
+      if (!tried) cluster->WaitLockChange(generation, 100);
     }
   }
 
