@@ -94,12 +94,7 @@ def main():
             h.stdin.flush()
             if h.stdout.readline().strip() != "released":
                 fail("holder did not release")
-            try:
-                out, _ = waiter.communicate(timeout=DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                fail(f"{kind}: a blocked waiter was never granted the lock", log)
-            if out.strip() != "granted":
-                fail(f"{kind}: waiter said {out!r}")
+            expect_granted(waiter, kind, log)
             h.kill()
             h.wait()
             # More blocked waiters than the daemon has FUSE workers (64): a wait holds none, so the
@@ -118,12 +113,7 @@ def main():
             h.stdin.write("\n")
             h.stdin.flush()
             for w in many:
-                try:
-                    out, _ = w.communicate(timeout=DEADLINE_S)
-                except subprocess.TimeoutExpired:
-                    fail(f"{kind}: one of 80 waiters was never granted the lock", log)
-                if out.strip() != "granted":
-                    fail(f"{kind}: waiter said {out!r}")
+                expect_granted(w, kind, log)
             h.kill()
             h.wait()
             # A signal interrupts a blocked wait (EINTR, the handler runs) without granting it.
@@ -196,6 +186,15 @@ except Interrupted:
 
 # The lock calls: fcntl(2) (lockf) and flock(2), by their x86-64 numbers in /proc/PID/syscall.
 LOCK_SYSCALL = {"posix": "72", "flock": "73"}
+
+
+def expect_granted(waiter, kind, log):
+    try:
+        out, _ = waiter.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        fail(f"{kind}: a blocked waiter was never granted the lock", log)
+    if out.strip() != "granted":
+        fail(f"{kind}: waiter said {out!r}")
 
 
 def wait_blocked(procs, kind, log):
