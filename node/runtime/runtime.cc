@@ -1044,19 +1044,21 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec) {
                             old.pids_max > 0 ? old.pids_max : options_.pids_max};
     bool idle =
         !inst->lc.has_process() && !inst->spawn_queued && !inst->launching && inst->pidfd < 0;
-    if (!(limits == old_limits) && idle) {
-      // Nothing runs in the group for them to limit: the cgroup writes (an eighth of a cluster
-      // leader's CPU under 64 ram_mb writers) wait for the next start.
-      inst->limits_deferred = true;
-    } else if (!(limits == old_limits)) {
-      // With limits deferred (a start is queued), the group holds none of old_limits: all again.
-      Status s = inst->cgroup.SetLimits(limits, inst->limits_deferred ? nullptr : &old_limits);
-      if (!s.ok()) {
-        inst->cgroup.SetLimits(old_limits).ok();  // never half-applied: all of them again
-        inst->limits_deferred = true;             // and once more at the start, to be sure
-        return s;
+    if (!(limits == old_limits)) {
+      if (idle) {
+        // Nothing runs in the group for them to limit: the cgroup writes (an eighth of a cluster
+        // leader's CPU under 64 ram_mb writers) wait for the next start.
+        inst->limits_deferred = true;
+      } else {
+        // With limits deferred (a start is queued), the group holds none of old_limits: all.
+        Status s = inst->cgroup.SetLimits(limits, inst->limits_deferred ? nullptr : &old_limits);
+        if (!s.ok()) {
+          inst->cgroup.SetLimits(old_limits).ok();  // never half-applied: all of them again
+          inst->limits_deferred = true;             // and once more at the start, to be sure
+          return s;
+        }
+        inst->limits_deferred = false;
       }
-      inst->limits_deferred = false;
     }
     if (spec.disk_mb != old.disk_mb && inst->lc.has_process()) {
       ScratchConfig sc{inst->dir + "/work",

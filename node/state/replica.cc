@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -31,9 +32,6 @@ constexpr int64_t kSyncGatherMs = 2;
 // See CheckFreeSpace.
 constexpr int64_t kFreeSpaceRecheckMs = 20;
 constexpr uint64_t kFreeSpaceSlackBytes = uint64_t{1} << 30;
-// How long after the last read of a snapshot's data it is not replaced by a compaction (see
-// MaybeCompact): a follower streaming it asks for the next chunks well within this.
-constexpr int64_t kSnapshotSendQuietMs = 10'000;
 
 struct Waiter {
   std::mutex mu;
@@ -234,6 +232,7 @@ struct Replica::Impl {
     uint64_t keep = 0;
     Result<raft::SnapshotMeta> result = Status::Internal("not written yet");
     Status trimmed;
+    std::unique_ptr<KvStore::View> view;  // kWrite: what it copies, until copied
   };
   std::unique_ptr<Build> build;
   bool force_pending = false;  // a Compact() that came during a build: once it is installed
@@ -884,10 +883,9 @@ struct Replica::Impl {
       }
       return;
     }
-    int64_t now_ms = env->clock->MonotonicMs();
     if (storage->chunk_reads() != seen_chunk_reads) {
       seen_chunk_reads = storage->chunk_reads();
-      chunk_read_ms = now_ms;
+      chunk_read_ms = env->clock->MonotonicMs();
     }
     uint64_t applied = state.applied_index();
     const raft::SnapshotMeta& snap = storage->snapshot_meta();
@@ -895,12 +893,14 @@ struct Replica::Impl {
     data_wanted = false;
     uint64_t keep = force ? 0 : options.log_keep;
     if (!materialize) {
-      // A snapshot being sent stays until the send has been quiet for a while: replacing it
-      // would restart the send, and a follower slower than the compactions would never catch up.
-      bool sending = chunk_read_ms != 0 && now_ms - chunk_read_ms < kSnapshotSendQuietMs;
-      if (applied <= snap.index ||
-          (!force && (applied < snap.index + 2 * options.log_keep || (sending && snap.size > 0)))) {
+      if (applied <= snap.index || (!force && applied < snap.index + 2 * options.log_keep)) {
         if (force) compacted_cv.notify_all();  // nothing new to cover
+        return;
+      }
+      // A snapshot being sent stays until the send has been quiet for a while (see
+      // snapshot_send_quiet_ms).
+      if (!force && snap.size > 0 && chunk_read_ms != 0 &&
+          env->clock->MonotonicMs() - chunk_read_ms < options.snapshot_send_quiet_ms) {
         return;
       }
     }
@@ -930,16 +930,24 @@ struct Replica::Impl {
     build = std::make_unique<Build>();
     build->index = applied;
     build->keep = keep;
+    build->view = std::move(view).value();
+    StartBuildThread([this, applied, t = *term, c = raft->applied_config()](Build* b) {
+      b->result = KvRaftStorage::WriteSnapshotData(kv.get(), b->view.get(), applied, t, c);
+      b->view.reset();  // the store's view goes before the store can
+    });
+  }
+
+  // Runs `work` for the build in flight on a thread of its own, at the process's priority (this
+  // thread's may be raised), and wakes this thread (build_done) once it is done.
+  void StartBuildThread(std::function<void(Build*)> work) {
     {
       std::lock_guard<std::mutex> l(mu);
       build_done = false;
     }
-    build->thread = std::thread([this, b = build.get(), v = std::move(view).value(), applied,
-                                 t = *term, c = raft->applied_config()]() mutable {
+    build->thread = std::thread([this, b = build.get(), work = std::move(work)] {
       SetThreadName("cn-snapshot");
       TakeProcessNice();
-      b->result = KvRaftStorage::WriteSnapshotData(kv.get(), v.get(), applied, t, c);
-      v.reset();  // the store's view goes before the store can
+      work(b);
       {
         std::lock_guard<std::mutex> l(mu);
         build_done = true;
@@ -986,19 +994,8 @@ struct Replica::Impl {
     // As many keys as entries since the last snapshot: on this thread, tens of ms per 100,000.
     build = std::move(b);
     build->phase = Build::Phase::kTrim;
-    {
-      std::lock_guard<std::mutex> l(mu);
-      build_done = false;
-    }
-    build->thread = std::thread([this, b = build.get(), dropped] {
-      SetThreadName("cn-snapshot");
-      TakeProcessNice();
+    StartBuildThread([this, dropped](Build* b) {
       b->trimmed = KvRaftStorage::DeleteLogEntries(kv.get(), dropped.from, dropped.to);
-      {
-        std::lock_guard<std::mutex> l(mu);
-        build_done = true;
-      }
-      work_cv.notify_one();
     });
   }
 

@@ -58,6 +58,10 @@ struct ReplicaOptions {
   // Snapshots are written by a thread of their own from a view of the store, so the agent thread
   // goes on committing meanwhile (false: on the agent thread, for tests of when they are taken).
   bool snapshot_in_background = true;
+  // A snapshot with data (written for a follower) is not replaced by a compaction until this long
+  // after it was installed or last read: replacing it would restart its send, and a follower
+  // slower than the compactions would never catch up.
+  int64_t snapshot_send_quiet_ms = 10000;
   // The agent thread's nice value (-20..19; 0 leaves it as inherited). Every commit of the node
   // passes through that one thread, and each answer it sends wakes a client that would otherwise
   // preempt it on a busy CPU, stalling every request behind it. Raising it needs CAP_SYS_NICE;

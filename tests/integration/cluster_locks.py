@@ -122,12 +122,7 @@ def main():
                                  stdout=subprocess.PIPE, text=True)
             wait_blocked([w], kind, log)
             w.send_signal(signal.SIGUSR1)
-            try:
-                out, _ = w.communicate(timeout=DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                fail(f"{kind}: a signal did not end a blocked wait", log)
-            if out.strip() != "interrupted":
-                fail(f"{kind}: the interrupted waiter said {out!r}")
+            expect_said(w, "interrupted", f"{kind}: a signal did not end a blocked wait", log)
             if try_lock(path, kind):
                 fail(f"{kind}: the holder's lock went away with the interrupted wait")
             h.kill()
@@ -188,13 +183,18 @@ except Interrupted:
 LOCK_SYSCALL = {"posix": "72", "flock": "73"}
 
 
-def expect_granted(waiter, kind, log):
+def expect_said(waiter, want, why_not, log):
+    """`waiter` ends within DEADLINE_S having printed `want`; else fails with `why_not`."""
     try:
         out, _ = waiter.communicate(timeout=DEADLINE_S)
     except subprocess.TimeoutExpired:
-        fail(f"{kind}: a blocked waiter was never granted the lock", log)
-    if out.strip() != "granted":
-        fail(f"{kind}: waiter said {out!r}")
+        fail(why_not, log)
+    if out.strip() != want:
+        fail(f"{why_not}: the waiter said {out!r}")
+
+
+def expect_granted(waiter, kind, log):
+    expect_said(waiter, "granted", f"{kind}: a blocked waiter was never granted the lock", log)
 
 
 def wait_blocked(procs, kind, log):

@@ -1,5 +1,7 @@
 #include "node/state/raft_storage.h"
 
+#include <optional>
+
 #include "catch2/catch.hpp"
 #include "node/base/coding.h"
 #include "node/env/env_fake.h"
@@ -31,6 +33,16 @@ std::vector<raft::Entry> Ents(uint64_t from, uint64_t to, uint64_t term) {
     out.push_back(raft::Entry{i, term, raft::EntryType::kNormal, "e" + std::to_string(i)});
   }
   return out;
+}
+
+// Pieces of snapshot data in `kv`: of snapshot `index`, or of any.
+int SnapshotPieces(KvStore* kv, std::optional<uint64_t> index = std::nullopt) {
+  int n = 0;
+  REQUIRE(kv->Scan("r/s/", "r/s0", [&](std::string_view k, std::string_view) {
+              n += !index || FromBigEndian64(k.substr(4, 8)) == *index;
+              return true;
+            }).ok());
+  return n;
 }
 
 }  // namespace
@@ -132,14 +144,7 @@ TEST_CASE("raft storage: snapshots compact the log, stream in chunks and install
 
 TEST_CASE("raft storage: a snapshot written from a view is installed later; unnamed data goes") {
   FakeKvStore kv;
-  auto pieces = [&](uint64_t index) {
-    int n = 0;
-    REQUIRE(kv.Scan("r/s/", "r/s0", [&](std::string_view k, std::string_view) {
-                n += FromBigEndian64(k.substr(4, 8)) == index;
-                return true;
-              }).ok());
-    return n;
-  };
+  auto pieces = [&](uint64_t index) { return SnapshotPieces(&kv, index); };
   auto read_back = [&](KvRaftStorage* st) {
     const raft::SnapshotMeta& meta = st->SnapshotMetadata();
     std::string data, chunk;
@@ -236,14 +241,7 @@ TEST_CASE("raft storage: a snapshot written from a view is installed later; unna
 
 TEST_CASE("raft storage: a bare snapshot cuts the log; its data is written when asked for") {
   FakeKvStore kv;
-  auto pieces = [&] {
-    int n = 0;
-    REQUIRE(kv.Scan("r/s/", "r/s0", [&](std::string_view, std::string_view) {
-                ++n;
-                return true;
-              }).ok());
-    return n;
-  };
+  auto pieces = [&] { return SnapshotPieces(&kv); };
   auto s = KvRaftStorage::Open(&kv, Voters({"n1"}));
   REQUIRE(s.ok());
   KvStore::Batch state;

@@ -282,6 +282,7 @@ struct Pair {
       f->env.clock = DefaultEnv()->clock;
       f->options.tick_ms = 5;
       f->options.log_keep = 5;
+      f->options.snapshot_send_quiet_ms = 600'000;
       f->options.send = [this](const raft::Message& m) {
         std::lock_guard<std::mutex> l(mu);
         Replica* to = m.to == "n1" ? to_one : to_two;
@@ -354,8 +355,15 @@ TEST_CASE("a follower that needs compacted entries gets a snapshot made for it, 
   CHECK(made.unnamed_pieces == 0);
   // In n2's store before its state was loaded (its status may lag behind a moment).
   CHECK(ReadStoredSnapshot(p.two->store()).meta.index > 0);
-  REQUIRE(p.one->Propose(Set("web", "disk_mb", "100")).ok());
+  // More than 2 x log_keep entries later the copy is still there: within snapshot_send_quiet_ms
+  // (10 min here) of its installation no compaction replaces it by a bare one.
+  for (int i = 0; i < 15; ++i) {
+    REQUIRE(p.one->Propose(Set("web", "disk_mb", std::to_string(200 + i))).ok());
+  }
+  REQUIRE(p.TwoHas(214));
+  REQUIRE(p.one->Propose(Set("web", "disk_mb", "100")).ok());  // a round after the 15th's
   CHECK(p.TwoHas(100));
+  CHECK(ReadStoredSnapshot(p.one->store()).meta == made.meta);
 }
 
 TEST_CASE("a snapshot for a follower is written off the agent thread: commits go on meanwhile") {
