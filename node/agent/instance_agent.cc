@@ -176,8 +176,10 @@ Status InstanceAgent::SyncAll() {
   return s;
 }
 
-Status InstanceAgent::Handle(const std::string& name, const std::vector<std::string>& verbs) {
+Status InstanceAgent::Handle(const std::string& name, const std::vector<std::string>& verbs,
+                             bool* exists) {
   std::optional<InstanceRecord> r = state_->GetInstance(name);
+  *exists = r.has_value();
   if (!r || !Ours(*r)) {
     Status s = runtime_->Remove(name);
     return s.code() == Code::kNotFound ? Status::Ok() : s;
@@ -236,7 +238,8 @@ bool InstanceAgent::Settled(const Waiter& w, Status* verdict) const {
   return true;
 }
 
-void InstanceAgent::CheckWaiters(const std::string& name, Completions* out) {
+bool InstanceAgent::CheckWaiters(const std::string& name, Completions* out) {
+  bool left = false;
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     Waiter& w = *it;
     if (!name.empty() && w.name != name) {
@@ -247,6 +250,7 @@ void InstanceAgent::CheckWaiters(const std::string& name, Completions* out) {
       auto e = entries_.find(w.name);
       bool handled = e == entries_.end() ? !resync_ : e->second.handled_seq >= w.seq && !resync_;
       if (!handled) {
+        left = true;
         ++it;
         continue;
       }
@@ -264,8 +268,10 @@ void InstanceAgent::CheckWaiters(const std::string& name, Completions* out) {
       it = waiters_.erase(it);
       continue;
     }
+    left = true;
     ++it;
   }
+  return left;
 }
 
 void InstanceAgent::OnTransition(const runtime::Transition& t) {
@@ -308,22 +314,22 @@ std::string InstanceAgent::TakeRunnable() {
 }
 
 void InstanceAgent::ExpireWaiters(Completions* out) {
+  if (waiters_.empty()) return;
   int64_t now = SteadyMs();
-  for (auto it = waiters_.begin(); it != waiters_.end();) {
-    if (it->deadline_ms <= now) {
-      std::string what = "the change is not applied to the process yet";
-      if (it->handled) {
-        Result<runtime::InstanceStatus> st = runtime_->Get(it->name, /*usage=*/false);
-        what = "the instance is still " + (st.ok() ? st->state : std::string("changing"));
-      }
-      out->emplace_back(
-          std::move(it->done),
-          Status::Unavailable(what + " after " + std::to_string(options_.settle_timeout_ms / 1000) +
-                              " s; its state file tells how it goes on"));
-      it = waiters_.erase(it);
-    } else {
-      ++it;
+  // Deadlines grow along the list (each is settle_timeout_ms after its AfterCommit, appended in
+  // call order), so the expired ones are a prefix.
+  while (!waiters_.empty() && waiters_.front().deadline_ms <= now) {
+    Waiter& w = waiters_.front();
+    std::string what = "the change is not applied to the process yet";
+    if (w.handled) {
+      Result<runtime::InstanceStatus> st = runtime_->Get(w.name, /*usage=*/false);
+      what = "the instance is still " + (st.ok() ? st->state : std::string("changing"));
     }
+    out->emplace_back(
+        std::move(w.done),
+        Status::Unavailable(what + " after " + std::to_string(options_.settle_timeout_ms / 1000) +
+                            " s; its state file tells how it goes on"));
+    waiters_.pop_front();
   }
 }
 
@@ -338,10 +344,7 @@ void InstanceAgent::Loop() {
   // A resync runs alone: it waits for the handlings in progress, and none starts meanwhile.
   auto can_sync = [&] { return resync_ && !syncing_ && busy_.empty(); };
   while (!stopping_) {
-    int64_t next = 0;
-    for (const Waiter& w : waiters_) {
-      if (next == 0 || w.deadline_ms < next) next = w.deadline_ms;
-    }
+    int64_t next = waiters_.empty() ? 0 : waiters_.front().deadline_ms;  // (ExpireWaiters)
     auto ready = [&] { return stopping_ || can_sync() || (!resync_ && runnable()); };
     if (next == 0) {
       cv_.wait(l, ready);
@@ -375,7 +378,8 @@ void InstanceAgent::Loop() {
         e.queued = false;
         busy_.insert(name);
         l.unlock();
-        Status s = Handle(name, verbs);
+        bool exists = true;
+        Status s = Handle(name, verbs, &exists);
         l.lock();
         busy_.erase(name);
         auto it = entries_.find(name);
@@ -383,12 +387,11 @@ void InstanceAgent::Loop() {
         if (it != entries_.end()) {
           it->second.handled_seq = std::max(it->second.handled_seq, seq);
           it->second.last = s;
-          CheckWaiters(name, &out);
-          bool waited = false;
-          for (const Waiter& w : waiters_) waited = waited || w.name == name;
+          bool waited = CheckWaiters(name, &out);
           // A removed instance's entry goes once nothing refers to it; a live one stays so that
-          // a writer that comes after the handling still finds its verdict.
-          if (!it->second.queued && !waited && !state_->GetInstance(name)) entries_.erase(it);
+          // a writer that comes after the handling still finds its verdict. (A record made again
+          // since the handling queued a change, so `queued` keeps its entry.)
+          if (!it->second.queued && !waited && !exists) entries_.erase(it);
         }
         // Its next change (queued meanwhile), or a resync waiting for the workers to be idle.
         if (resync_ || again) cv_.notify_all();

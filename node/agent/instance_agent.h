@@ -131,11 +131,13 @@ class InstanceAgent {
   std::string TakeRunnable();
   // mu_ held: answers the waiters whose deadline has passed (into `out`).
   void ExpireWaiters(Completions* out);
-  Status Handle(const std::string& name, const std::vector<std::string>& verbs);
+  // `exists`: whether the record was there.
+  Status Handle(const std::string& name, const std::vector<std::string>& verbs, bool* exists);
   Status SyncAll();
   void OnTransition(const runtime::Transition& t);
-  // mu_ held. Completes (into `out`) the waiters of `name` (all names when empty) that are done.
-  void CheckWaiters(const std::string& name, Completions* out);
+  // mu_ held. Completes (into `out`) the waiters of `name` (all names when empty) that are done;
+  // returns whether any of them is left.
+  bool CheckWaiters(const std::string& name, Completions* out);
   // mu_ held. Whether a waiter in its second phase is done, and with which verdict.
   bool Settled(const Waiter& w, Status* verdict) const;
   static int64_t SteadyMs();

@@ -15,6 +15,10 @@
 //     not listed are removed.
 //   * On every change of a record on this node: Apply(SpecFromRecord) (level-triggered; limits
 //     apply live, cmd/env/network/uid at the next start, desired running/stopped starts/stops).
+//     The spec is kept in the instance's directory for adoption; a limit change while no process
+//     runs reaches that file at the next start, the next other change or Shutdown, so after a
+//     crash it may hold older limits until Sync applies the records' (which is why Sync follows
+//     Open).
 //   * ctl verbs: Control(name, "start" | "stop" | "restart" | "kill [SIG]") (edge-triggered:
 //     `start` runs an exited instance again even though its desired state was already running).
 //   * rmdir: Remove(name); mkdir of the same name right after is fine (it is recreated once the
@@ -199,7 +203,9 @@ class Runtime {
   void Loop();
 
   // All below run with mu_ held.
-  Status ApplyLocked(const InstanceSpec& spec);
+  // `quiet` (optional) is set when only the in-memory spec changed: no timer, process or status
+  // snapshot moved.
+  Status ApplyLocked(const InstanceSpec& spec, bool* quiet = nullptr);
   void RemoveLocked(Instance* inst);
   void FinalizeRemovals();
   void Step(Instance* inst, const Event& event);
@@ -230,6 +236,7 @@ class Runtime {
   // The work directory (without a quota), log and pid files, made when the instance is created.
   void PrepareFiles(const Instance* inst);
   Status PersistSpec(Instance* inst);
+  void PersistSpecIfStale(Instance* inst);
   void PersistStatus(const Instance* inst);
   Instance* Find(const std::string& name) const;
   int64_t Now() const;

@@ -442,30 +442,62 @@ TEST_CASE("runtime: every spec change reaches the spec file, also one that outgr
     return *text;
   };
   // Rewritten in place through the kept descriptor.
-  spec.ram_mb = 192;
+  spec.env = {"A=1"};
   REQUIRE(env.rt->Apply(spec).ok());
-  CHECK(on_disk().find("ram_mb=192\n") != std::string::npos);
+  CHECK(on_disk().find("env=A=1\n") != std::string::npos);
   // Larger than the file: written anew (and the new file kept) ...
   spec.env = {"BIG=" + std::string(3000, 'x')};
   REQUIRE(env.rt->Apply(spec).ok());
   CHECK(on_disk().find("BIG=xxx") != std::string::npos);
   // ... so the next change lands in the file that is there, not in the one replaced.
-  spec.ram_mb = 320;
+  spec.env.push_back("B=2");
   REQUIRE(env.rt->Apply(spec).ok());
   std::string text = on_disk();
-  CHECK(text.find("ram_mb=320\n") != std::string::npos);
+  CHECK(text.find("env=B=2\n") != std::string::npos);
   CHECK(text.find("BIG=xxx") != std::string::npos);
   // Smaller again: padded with newlines, which a recreated runtime reads back.
   spec.env.clear();
   spec.ram_mb = 448;
   REQUIRE(env.rt->Apply(spec).ok());
   CHECK(on_disk().find("BIG") == std::string::npos);
+  CHECK(on_disk().find("ram_mb=448\n") != std::string::npos);
   env.rt.reset();
   env.Open();
   CHECK(env.Get("quiet").desired == Desired::kStopped);  // adopted from the spec file
-  spec.ram_mb = 512;  // the recreated runtime knows 448: only a change is written
+  spec.env = {"C=3"};  // the recreated runtime knows the rest: only a change is written
   REQUIRE(env.rt->Apply(spec).ok());
-  CHECK(on_disk().find("ram_mb=512\n") != std::string::npos);
+  CHECK(on_disk().find("env=C=3\n") != std::string::npos);
+}
+
+TEST_CASE("runtime: a limit change with no process reaches the spec file at the start or the end") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  InstanceSpec spec = env.Spec("idle", "sh -c 'exit 0'");
+  REQUIRE(env.rt->Apply(spec).ok());
+  env.rec.WaitFor("idle", "instance_exited");
+  std::string path = env.opts.data_dir + "/idle/spec";
+  auto on_disk = [&] {
+    Result<std::string> text = ReadSmallFile(path);
+    REQUIRE(text.ok());
+    return *text;
+  };
+  // Nothing runs for the limits to apply to: the file waits ...
+  spec.ram_mb = 192;
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("ram_mb=192\n") == std::string::npos);
+  // ... for the start, which writes them (the desired state was running already, so the verb
+  // itself writes nothing) ...
+  size_t exits = env.rec.Events("idle").size();
+  REQUIRE(env.rt->Control("idle", "start").ok());
+  CHECK(on_disk().find("ram_mb=192\n") != std::string::npos);
+  env.rec.WaitFor("idle", "instance_exited", exits);
+  // ... or for the runtime's end, so the next one adopts them.
+  spec.pids_max = 77;
+  REQUIRE(env.rt->Apply(spec).ok());
+  CHECK(on_disk().find("pids_max=77\n") == std::string::npos);
+  env.rt.reset();
+  CHECK(on_disk().find("pids_max=77\n") != std::string::npos);
 }
 
 TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach the spec file") {
@@ -478,12 +510,12 @@ TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach th
   spec.desired = Desired::kStopped;
   REQUIRE(env.rt->Apply(spec).ok());
   std::string path = env.opts.data_dir + "/nofd/spec";
-  for (int mb : {192, 320}) {
-    spec.ram_mb = mb;
+  for (std::string e : {"A=1", "B=2"}) {
+    spec.env = {e};
     REQUIRE(env.rt->Apply(spec).ok());
     Result<std::string> text = ReadSmallFile(path);
     REQUIRE(text.ok());
-    CHECK(text->find("ram_mb=" + std::to_string(mb) + "\n") != std::string::npos);
+    CHECK(text->find("env=" + e + "\n") != std::string::npos);
   }
   CHECK(KeptSpecFds().used() == all);
   env.rt.reset();
