@@ -2,15 +2,27 @@
 //
 // Threading: ZeroMQ sockets are not thread-safe, so one I/O thread owns every socket: a ROUTER
 // bound for inbound messages and one DEALER per peer for outbound ones. Send runs on any thread:
-// it appends to the peer's bounded queue under mu_ and wakes the I/O thread through an eventfd
-// that the thread polls next to its sockets. The I/O thread moves queued messages into ZeroMQ with
-// non-blocking sends; DEALERs use ZMQ_IMMEDIATE, so while a peer is unreachable nothing leaves our
-// queue, the queue fills, and Send starts returning Unavailable instead of blocking or growing.
+// it appends to the peer's bounded queue under mu_ and, when the queue was empty, lists the peer
+// in wakeups_ and wakes the I/O thread through an eventfd. The I/O thread moves queued messages
+// into ZeroMQ with non-blocking sends; DEALERs use ZMQ_IMMEDIATE, so while a peer is unreachable
+// nothing leaves our queue, the queue fills, and Send starts returning Unavailable instead of
+// blocking or growing.
+//
+// Waiting: the I/O thread blocks in poll(2) on the wake eventfd and the sockets' ZMQ_FDs rather
+// than in zmq_poll, which polls twice per wait and asks every socket for ZMQ_EVENTS after every
+// wake (each such call costs a getpid and a poll of its own). ZMQ_FD is edge-like: it becomes
+// readable when commands reach the socket, and any call on the socket (send, recv, getsockopt)
+// processes them and may leave messages ready with the fd quiet. So a socket is only waited on
+// after it was drained: the ROUTER, ZAP and monitor sockets after a recv said EAGAIN (that recv
+// processed every command), a DEALER after a send said EAGAIN and ZMQ_EVENTS then said it is not
+// writable. A socket is called only when its fd fired or it was not drained (a receive batch was
+// cut short, so the next poll does not block).
 
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -116,6 +128,7 @@ class ZmqTransportImpl final : public ZmqTransport {
     // The I/O thread is gone, so its sockets may be closed here. Linger is 0 on every socket:
     // pending messages are discarded and terminating the context cannot wait on them.
     peers_.clear();
+    wakeups_.clear();
     if (monitor_) zmq_socket_monitor(router_->handle(), nullptr, 0);
     monitor_.reset();
     router_.reset();
@@ -202,7 +215,7 @@ class ZmqTransportImpl final : public ZmqTransport {
           return Status::Unavailable("send to " + *key + ": already sending to max_peers " +
                                      std::to_string(options_.max_peers) + " peers");
         }
-        auto peer = std::make_unique<Peer>();
+        auto peer = std::make_shared<Peer>();
         peer->address = *key;
         it = peers_.emplace(*key, std::move(peer)).first;
       }
@@ -222,6 +235,9 @@ class ZmqTransportImpl final : public ZmqTransport {
       }
       queued_bytes_ += message.size();
       peer->queue.push_back(std::move(message));
+      // A peer with messages already queued is in the I/O thread's hands.
+      if (peer->queue.size() > 1) return Status::Ok();
+      wakeups_.push_back(it->second);
     }
     if (!wake_pending_.exchange(true)) WakeFd();
     return Status::Ok();
@@ -231,15 +247,24 @@ class ZmqTransportImpl final : public ZmqTransport {
                   const std::string& client_public, const std::string& client_secret) override {
     Result<std::string> key = ParseTcpAddress(address, false);
     if (!key.ok()) return;
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = peers_.find(*key);
-    if (it == peers_.end()) {
-      if (peers_.size() >= options_.max_peers) return;  // Send will say so
-      auto peer = std::make_unique<Peer>();
-      peer->address = *key;
-      it = peers_.emplace(*key, std::move(peer)).first;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = peers_.find(*key);
+      if (it == peers_.end()) {
+        if (peers_.size() >= options_.max_peers) return;  // Send will say so
+        auto peer = std::make_shared<Peer>();
+        peer->address = *key;
+        it = peers_.emplace(*key, std::move(peer)).first;
+      }
+      Keys keys{server_key, client_public, client_secret};
+      if (it->second->want == keys) return;
+      it->second->want = std::move(keys);
+      // Messages held for the old keys go over a new connection; tell the I/O thread now rather
+      // than when the old connection next stirs.
+      if (it->second->queue.empty()) return;
+      wakeups_.push_back(it->second);
     }
-    it->second->want = Keys{server_key, client_public, client_secret};
+    if (!wake_pending_.exchange(true)) WakeFd();
   }
 
   void SetHandler(Handler handler) override {
@@ -278,8 +303,19 @@ class ZmqTransportImpl final : public ZmqTransport {
     // Guarded by mu_. Only Send appends and only the I/O thread pops, so the I/O thread may read
     // front() without the lock (deque appends do not move existing elements).
     std::deque<std::string> queue;
+    bool dropped = false;                   // guarded by mu_: DropPeer took it out of peers_
     std::unique_ptr<zmq::socket_t> socket;  // I/O thread only; created on first message
+    int fd = -1;                            // I/O thread only: socket's ZMQ_FD
     int64_t blocked_since_ms = 0;           // I/O thread only: first refused hand-over, or 0
+    bool active = false;   // I/O thread only: in Loop's list of peers with messages
+    bool blocked = false;  // I/O thread only: drained and not writable; wait for fd
+  };
+
+  enum class FlushResult {
+    kEmpty,    // nothing left to send
+    kMore,     // the per-call limit was reached and the socket may take more
+    kBlocked,  // the socket takes no more: its fd says when that changes
+    kDropped,  // the peer was given up (DropPeer)
   };
 
   void WakeFd() {
@@ -289,55 +325,121 @@ class ZmqTransportImpl final : public ZmqTransport {
     (void)n;
   }
 
+  static int FdOf(zmq::socket_t& s) { return s.get(zmq::sockopt::fd); }
+
   void Loop() {
-    std::vector<Peer*> pending;
-    std::vector<zmq_pollitem_t> items;
+    // Peers with queued messages, which this thread drains. A peer joins through wakeups_ when
+    // Send queues to its empty queue, and leaves when Flush finds its queue empty.
+    std::vector<std::shared_ptr<Peer>> active;
+    std::vector<std::shared_ptr<Peer>> woken;
+    std::vector<pollfd> fds;
+    std::vector<Peer*> polled;  // the DEALERs in fds, from fds[kFirstPeer] on
+    // Not known to be drained, so must be called before the next wait (see the top of the file).
+    // Start used every socket, so each is called once before the first wait.
+    bool router_ready = true;
+    bool zap_ready = curve();
+    bool monitor_ready = curve();
+    const int router_fd = FdOf(*router_);
+    const int zap_fd = curve() ? FdOf(*zap_) : -1;
+    const int monitor_fd = curve() ? FdOf(*monitor_) : -1;
+    constexpr size_t kFirstPeer = 4;  // after the eventfd, router, ZAP and monitor
     while (!stop_.load()) {
-      // Peers whose messages could not all be handed to ZeroMQ: poll them for writability.
-      pending.clear();
-      for (Peer* p : PeersWithMessages()) {
-        if (Flush(p)) pending.push_back(p);
+      if (router_ready) router_ready = !Receive();
+      if (stop_.load()) break;
+      if (zap_ready) zap_ready = !AnswerZap();
+      if (monitor_ready) monitor_ready = !ReadMonitor();
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        woken.swap(wakeups_);
+        for (auto& p : woken) {
+          if (p->dropped) p.reset();
+        }
       }
-      items.clear();
-      items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
-      items.push_back({router_->handle(), 0, ZMQ_POLLIN, 0});
-      if (curve()) {
-        items.push_back({zap_->handle(), 0, ZMQ_POLLIN, 0});
-        items.push_back({monitor_->handle(), 0, ZMQ_POLLIN, 0});
+      for (auto& p : woken) {
+        if (!p) continue;
+        p->blocked = false;  // new messages, or new keys: try it now
+        if (!p->active) {
+          p->active = true;
+          active.push_back(std::move(p));
+        }
       }
-      for (Peer* p : pending) items.push_back({p->socket->handle(), 0, ZMQ_POLLOUT, 0});
-      // With messages held, wake up now and then even if nothing else happens, so a peer whose
-      // connection ZeroMQ gave up on is connected afresh (kStuckReconnectMs).
-      long timeout_ms = pending.empty() ? -1 : kStuckReconnectMs;
-      if (zmq_poll(items.data(), static_cast<int>(items.size()), timeout_ms) < 0) {
-        CN_CHECK(errno == EINTR) << "zmq_poll: " << zmq_strerror(errno);
+      woken.clear();
+
+      bool busy = router_ready || zap_ready || monitor_ready;
+      int timeout_ms = -1;
+      polled.clear();
+      for (size_t i = 0; i < active.size();) {
+        Peer* p = active[i].get();
+        if (p->blocked) {
+          // With messages held, try now and then even if the socket stays quiet, so a peer whose
+          // connection ZeroMQ gave up on is connected afresh (kStuckReconnectMs).
+          int64_t left_ms = p->blocked_since_ms + kStuckReconnectMs - NowMs();
+          if (left_ms > 0) {
+            timeout_ms = timeout_ms < 0 ? static_cast<int>(left_ms)
+                                        : std::min(timeout_ms, static_cast<int>(left_ms));
+            polled.push_back(p);
+            ++i;
+            continue;
+          }
+        }
+        FlushResult r = Flush(p);
+        if (r == FlushResult::kEmpty || r == FlushResult::kDropped) {
+          p->active = false;
+          p->blocked = false;
+          active[i] = std::move(active.back());
+          active.pop_back();
+          continue;
+        }
+        p->blocked = r == FlushResult::kBlocked;
+        if (p->blocked) {
+          // Flush reconnects a peer stuck for kStuckReconnectMs, so this is at most that long.
+          int64_t left_ms = std::max<int64_t>(p->blocked_since_ms + kStuckReconnectMs - NowMs(), 0);
+          timeout_ms = timeout_ms < 0 ? static_cast<int>(left_ms)
+                                      : std::min(timeout_ms, static_cast<int>(left_ms));
+          polled.push_back(p);
+        } else {
+          busy = true;
+        }
+        ++i;
+      }
+
+      fds.clear();
+      fds.push_back({wake_fd_, POLLIN, 0});
+      fds.push_back({router_fd, POLLIN, 0});
+      fds.push_back({zap_fd, POLLIN, 0});  // poll ignores negative fds
+      fds.push_back({monitor_fd, POLLIN, 0});
+      for (Peer* p : polled) fds.push_back({p->fd, POLLIN, 0});
+      if (poll(fds.data(), fds.size(), busy ? 0 : timeout_ms) < 0) {
+        CN_CHECK(errno == EINTR) << "poll: " << strerror(errno);
         continue;
       }
-      if (items[0].revents & ZMQ_POLLIN) {
+      if (fds[0].revents != 0) {
         uint64_t value;
         ssize_t n = read(wake_fd_, &value, sizeof value);
         (void)n;  // EAGAIN only if another read emptied it, and no one else reads it
-        // Cleared before the next Flush pass looks at the queues, so a Send that queues after that
-        // look finds the flag clear and writes the eventfd again.
+        // Cleared before the next look at wakeups_, so a Send that lists a peer after that look
+        // finds the flag clear and writes the eventfd again.
         wake_pending_.store(false);
       }
-      if (items[1].revents & ZMQ_POLLIN) Receive();
-      if (curve()) {
-        if (items[2].revents & ZMQ_POLLIN) AnswerZap();
-        if (items[3].revents & ZMQ_POLLIN) ReadMonitor();
+      if (fds[1].revents != 0) router_ready = true;
+      if (fds[2].revents != 0) zap_ready = true;
+      if (fds[3].revents != 0) monitor_ready = true;
+      for (size_t i = 0; i < polled.size(); ++i) {
+        if (fds[kFirstPeer + i].revents != 0) polled[i]->blocked = false;
       }
     }
   }
 
   bool curve() const { return !options_.curve.secret_key.empty(); }
 
-  // One ZAP request (RFC 27): [version][request id][domain][address][identity][mechanism]
-  // [credentials...]; answered 200 with the key as user id, or 400.
-  void AnswerZap() {
+  // ZAP requests (RFC 27): [version][request id][domain][address][identity][mechanism]
+  // [credentials...]; each answered 200 with the key as user id, or 400. Returns whether the
+  // socket was drained (see Loop), false when the batch ran out first.
+  bool AnswerZap() {
     for (int i = 0; i < kReceiveBatch; ++i) {
       std::vector<zmq::message_t> frames;
       zmq::message_t f;
-      if (zmq_msg_recv(f.handle(), zap_->handle(), ZMQ_DONTWAIT) < 0) return;
+      if (zmq_msg_recv(f.handle(), zap_->handle(), ZMQ_DONTWAIT) < 0) return errno != EINTR;
       bool more = f.more();
       frames.push_back(std::move(f));
       while (more && frames.size() < 16) {
@@ -374,13 +476,15 @@ class ZmqTransportImpl final : public ZmqTransport {
       zmq::message_t metadata;
       zmq_msg_send(metadata.handle(), zap_->handle(), 0);
     }
+    return false;
   }
 
-  // Monitor events: [event id (2 bytes) + value (4 bytes)][endpoint].
-  void ReadMonitor() {
+  // Monitor events: [event id (2 bytes) + value (4 bytes)][endpoint]. Returns whether the socket
+  // was drained, as AnswerZap.
+  bool ReadMonitor() {
     for (int i = 0; i < kReceiveBatch; ++i) {
       zmq::message_t event, endpoint;
-      if (zmq_msg_recv(event.handle(), monitor_->handle(), ZMQ_DONTWAIT) < 0) return;
+      if (zmq_msg_recv(event.handle(), monitor_->handle(), ZMQ_DONTWAIT) < 0) return errno != EINTR;
       if (event.more()) zmq_msg_recv(endpoint.handle(), monitor_->handle(), 0);
       if (event.size() < 6) continue;
       uint16_t id;
@@ -392,40 +496,37 @@ class ZmqTransportImpl final : public ZmqTransport {
       if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) handshaken_.fetch_add(1, std::memory_order_relaxed);
       if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) denied_.fetch_add(1, std::memory_order_relaxed);
     }
-  }
-
-  std::vector<Peer*> PeersWithMessages() {
-    std::vector<Peer*> out;
-    std::lock_guard<std::mutex> l(mu_);
-    for (auto& [address, peer] : peers_) {
-      if (!peer->queue.empty()) out.push_back(peer.get());
-    }
-    return out;
+    return false;
   }
 
   // Hands queued messages for `p` to ZeroMQ until its queue is empty or its socket would block,
-  // at most send_queue_limit per call. Returns whether messages remain. May erase `p`.
-  bool Flush(Peer* p) {
+  // at most send_queue_limit per call.
+  FlushResult Flush(Peer* p) {
     for (size_t i = 0; i < options_.send_queue_limit; ++i) {
       const std::string* message;
+      bool rekey = false;
       {
         std::lock_guard<std::mutex> l(mu_);
-        if (p->queue.empty()) return false;
+        if (p->queue.empty()) return FlushResult::kEmpty;
         message = &p->queue.front();
+        rekey = p->socket && curve() && !(p->want == p->used);
       }
-      if (p->socket && curve()) {
-        std::lock_guard<std::mutex> l(mu_);
-        if (!(p->want == p->used)) p->socket.reset();
+      if (rekey) {
+        p->socket.reset();
+        p->blocked_since_ms = 0;  // a new connection gets its own kStuckReconnectMs
       }
       if (!p->socket) {
         Status s = Connect(p);
         if (!s.ok()) {
           DropPeer(p, s);
-          return false;
+          return FlushResult::kDropped;
         }
       }
       int rc = SendFrames(p->socket.get(), *message);
       if (rc == EAGAIN) {
+        // The failed send may have processed the commands that make the socket writable (a
+        // connection completing) without the fd firing: ask, as ZMQ_FD's contract requires.
+        if (p->socket->get(zmq::sockopt::events) & ZMQ_POLLOUT) continue;
         int64_t now = NowMs();
         if (p->blocked_since_ms == 0) {
           p->blocked_since_ms = now;
@@ -434,13 +535,9 @@ class ZmqTransportImpl final : public ZmqTransport {
                         << now - p->blocked_since_ms << " ms; connecting afresh";
           p->blocked_since_ms = now;
           p->socket.reset();
-          Status s = Connect(p);
-          if (!s.ok()) {
-            DropPeer(p, s);
-            return false;
-          }
+          continue;  // connects, and tries the new socket once before waiting on it
         }
-        return true;
+        return FlushResult::kBlocked;
       }
       p->blocked_since_ms = 0;
       {
@@ -457,7 +554,7 @@ class ZmqTransportImpl final : public ZmqTransport {
       }
     }
     std::lock_guard<std::mutex> l(mu_);
-    return !p->queue.empty();
+    return p->queue.empty() ? FlushResult::kEmpty : FlushResult::kMore;
   }
 
   Status Connect(Peer* p) {
@@ -488,6 +585,7 @@ class ZmqTransportImpl final : public ZmqTransport {
         p->used = keys;
       }
       s->connect(endpoint);
+      p->fd = FdOf(*s);
       p->socket = std::move(s);
     } catch (const zmq::error_t& e) {
       return FromZmq(e, "connect " + endpoint);
@@ -495,13 +593,18 @@ class ZmqTransportImpl final : public ZmqTransport {
     return Status::Ok();
   }
 
-  // Gives up on every message queued for `p` and forgets it; a later Send starts afresh.
+  // Gives up on every message queued for `p` and forgets it; a later Send starts afresh. `p` stays
+  // valid while Loop holds it.
   void DropPeer(Peer* p, const Status& why) {
     CN_LOG(Warning) << "transport: dropping messages to " << p->address << ": " << why.ToString();
+    p->socket.reset();
     std::lock_guard<std::mutex> l(mu_);
     for (const std::string& m : p->queue) queued_bytes_ -= m.size();
     dropped_.fetch_add(p->queue.size(), std::memory_order_relaxed);
-    peers_.erase(p->address);
+    p->queue.clear();
+    p->dropped = true;
+    auto it = peers_.find(p->address);
+    if (it != peers_.end() && it->second.get() == p) peers_.erase(it);
   }
 
   // Sends [self_address][message] without blocking. Returns 0, EAGAIN (nothing was sent), or
@@ -529,14 +632,15 @@ class ZmqTransportImpl final : public ZmqTransport {
     return true;
   }
 
-  void Receive() {
+  // Receives up to kReceiveBatch messages. Returns whether the ROUTER was drained (see Loop).
+  bool Receive() {
     // Checks stop_ per message: once the destructor asks, at most the handler call under way
     // finishes, however large the backlog.
     for (int i = 0; i < kReceiveBatch && !stop_.load(); ++i) {
       // ROUTER frames: [peer routing id][from][payload]. A multipart message arrives whole, so
       // once the first frame is here the rest are too.
       zmq::message_t id, from, body;
-      if (!ReceiveFrame(&id)) return;
+      if (!ReceiveFrame(&id)) return true;
       bool ok = id.more() && ReceiveFrame(&from) && from.more() && ReceiveFrame(&body);
       if (ok && body.more()) {
         ok = false;
@@ -568,6 +672,7 @@ class ZmqTransportImpl final : public ZmqTransport {
       received_.fetch_add(1, std::memory_order_relaxed);
       (*handler)(sender, body.to_string());
     }
+    return false;
   }
 
   const ZmqTransportOptions options_;
@@ -584,11 +689,13 @@ class ZmqTransportImpl final : public ZmqTransport {
   std::atomic<bool> wake_pending_{false};  // an eventfd write is already on its way
 
   mutable std::mutex mu_;
-  // Peers never leave the map while the I/O thread holds a pointer, except through DropPeer,
-  // which the I/O thread itself calls.
-  std::map<std::string, std::unique_ptr<Peer>> peers_;  // guarded by mu_
-  size_t queued_bytes_ = 0;                             // guarded by mu_
-  std::shared_ptr<const Handler> handler_;              // guarded by mu_
+  // Only DropPeer, on the I/O thread, erases a peer; the I/O thread's own references keep it
+  // valid until it lets go.
+  std::map<std::string, std::shared_ptr<Peer>> peers_;  // guarded by mu_
+  // Peers the I/O thread must look at: their queue went from empty to not, or their keys changed.
+  std::vector<std::shared_ptr<Peer>> wakeups_;  // guarded by mu_
+  size_t queued_bytes_ = 0;                     // guarded by mu_
+  std::shared_ptr<const Handler> handler_;      // guarded by mu_
 
   std::atomic<uint64_t> sent_{0};
   std::atomic<uint64_t> received_{0};

@@ -62,6 +62,17 @@ struct Latch {
   }
 };
 
+// True once `pred` holds; false after kWait.
+template <typename F>
+bool Eventually(F pred) {
+  auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::yield();
+  }
+  return pred();
+}
+
 std::unique_ptr<ZmqTransport> Make(ZmqTransportOptions options = {}) {
   if (options.bind_address.empty()) options.bind_address = "tcp://127.0.0.1:*";
   auto t = NewZmqTransport(options);
@@ -365,6 +376,27 @@ TEST_CASE("zmq: shutdown with pending messages returns promptly") {
   REQUIRE(DestroyPromptly(std::move(b)));
 }
 
+TEST_CASE("zmq: a backlog of several receive batches is delivered without further traffic") {
+  // The receiver takes at most one batch (256) per wakeup. Its socket's fd does not fire again
+  // for messages already waiting, so after a cut-short batch it must look again before it waits.
+  constexpr int kCount = 1000;
+  Inbox inbox;
+  Latch release;
+  auto a = Make();
+  auto b = Make();
+  auto record = inbox.Handler();
+  b->SetHandler([&](const std::string& from, std::string body) {
+    if (body == "0") release.Wait();  // hold b's thread while the backlog builds up
+    record(from, std::move(body));
+  });
+  for (int i = 0; i < kCount; ++i) REQUIRE(a->Send(b->self_address(), std::to_string(i)).ok());
+  REQUIRE(Eventually([&] { return a->counters().sent == kCount; }));
+  release.Signal();
+  REQUIRE(inbox.WaitForCount(kCount));
+  auto got = inbox.Snapshot();
+  for (int i = 0; i < kCount; ++i) REQUIRE(got[i].second == std::to_string(i));
+}
+
 TEST_CASE("zmq: a handler may replace itself") {
   Inbox first, second;
   auto a = Make();
@@ -418,17 +450,6 @@ struct Node {
     t->SetHandler(inbox.Handler());
   }
 };
-
-// True once `pred` holds; false after kWait.
-template <typename F>
-bool Eventually(F pred) {
-  auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::yield();
-  }
-  return pred();
-}
 
 TEST_CASE("zmq curve: key pairs and public keys") {
   auto kp = NewCurveKeyPair();
