@@ -16,9 +16,12 @@
 // retries a connection whose handshake the peer refused (a restarting node refuses keys until it
 // knows its members), so without that the messages would wait forever.
 //
-// Thread-safety: Send, SetHandler and the accessors are safe from any thread. The handler runs on
-// the transport's single I/O thread, one message at a time; it may call Send and SetHandler, but
-// must not destroy the transport (that would join the thread it runs on).
+// Thread-safety: Send, SetHandler and the accessors are safe from any thread. Send never blocks on
+// the network: when nothing is queued for the peer and its connection is up, it hands the message
+// to ZeroMQ on the calling thread; otherwise it queues it for the transport's I/O thread. The
+// handler runs on that single I/O thread, one message at a time; it may call Send and SetHandler,
+// but must not destroy the transport (that would join the thread it runs on). No other thread may
+// be calling the transport while it is destroyed.
 #ifndef CONSTELLATION_NODE_ENV_TRANSPORT_H_
 #define CONSTELLATION_NODE_ENV_TRANSPORT_H_
 

@@ -1,12 +1,33 @@
 // ZeroMQ transport (transport.h).
 //
-// Threading: ZeroMQ sockets are not thread-safe, so one I/O thread owns every socket: a ROUTER
-// bound for inbound messages and one DEALER per peer for outbound ones. Send runs on any thread:
-// it appends to the peer's bounded queue under mu_ and, when the queue was empty, lists the peer
-// in wakeups_ and wakes the I/O thread through an eventfd. The I/O thread moves queued messages
-// into ZeroMQ with non-blocking sends; DEALERs use ZMQ_IMMEDIATE, so while a peer is unreachable
-// nothing leaves our queue, the queue fills, and Send starts returning Unavailable instead of
-// blocking or growing.
+// Threading: ZeroMQ sockets are not thread-safe, but one may be used from several threads when
+// every use is serialized by a mutex (a full memory barrier). The I/O thread owns the ROUTER bound
+// for inbound messages (and with CURVE the ZAP and monitor sockets); nothing else touches them.
+// Each peer has a DEALER for outbound messages, and every use of it — connect, send, ZMQ_EVENTS,
+// reset, close — happens under that peer's Peer::mu, on whichever thread holds it.
+//
+// Send runs on any thread. When the peer has nothing queued and a socket (with the current CURVE
+// keys), Send hands the message to ZeroMQ itself, non-blocking: no thread hop, no wakeup.
+// Otherwise, or when ZeroMQ says EAGAIN, it appends to the peer's bounded queue, and if the queue
+// was empty lists the peer in wakeups_ and wakes the I/O thread through an eventfd. From then until
+// the I/O thread finds the queue empty again (under Peer::mu), the queue is the I/O thread's: Send
+// only appends, and only the I/O thread sends on the socket or polls its fd — so the I/O thread
+// never waits on a ZMQ_FD that another thread is using, and messages leave in queue order, after
+// every message handed over directly before them (FIFO per peer). DEALERs use ZMQ_IMMEDIATE, so
+// while a peer is unreachable nothing leaves our queue, the queue fills, and Send starts returning
+// Unavailable instead of blocking or growing.
+//
+// Lifetime: peers_ holds shared_ptrs, and Send, SetPeerKey and the I/O thread hold their own
+// reference while they use a peer, so erasing it from peers_ (DropPeer, on the I/O thread) never
+// frees it under them. DropPeer closes the socket and sets `dropped` under Peer::mu; a Send that
+// looked the peer up before finds `dropped` once it holds Peer::mu and looks it up afresh, so
+// nothing uses a closed socket, and the last reference frees a Peer that has no socket left.
+// Lock order: Peer::mu before mu_; nothing takes a Peer::mu while holding mu_, and nothing holds
+// a lock while calling the handler (which may call Send). The destructor stops and joins the I/O
+// thread before closing any socket; like any object, the transport must not be destroyed while
+// other threads are still calling it (a handler's Send runs on the I/O thread, so it finishes
+// before the join returns). Closing the context waits for every socket, and by then peers_ and
+// wakeups_ held the last references.
 //
 // Waiting: the I/O thread blocks in poll(2) on the wake eventfd and the sockets' ZMQ_FDs rather
 // than in zmq_poll, which polls twice per wait and asks every socket for ZMQ_EVENTS after every
@@ -206,20 +227,25 @@ class ZmqTransportImpl final : public ZmqTransport {
       rejected_.fetch_add(1, std::memory_order_relaxed);
       return key.status();
     }
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = peers_.find(*key);
-      if (it == peers_.end()) {
-        if (peers_.size() >= options_.max_peers) {
-          rejected_.fetch_add(1, std::memory_order_relaxed);
-          return Status::Unavailable("send to " + *key + ": already sending to max_peers " +
-                                     std::to_string(options_.max_peers) + " peers");
+    for (;;) {
+      std::shared_ptr<Peer> peer;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        auto it = peers_.find(*key);
+        if (it == peers_.end()) {
+          if (peers_.size() >= options_.max_peers) {
+            rejected_.fetch_add(1, std::memory_order_relaxed);
+            return Status::Unavailable("send to " + *key + ": already sending to max_peers " +
+                                       std::to_string(options_.max_peers) + " peers");
+          }
+          auto p = std::make_shared<Peer>();
+          p->address = *key;
+          it = peers_.emplace(*key, std::move(p)).first;
         }
-        auto peer = std::make_shared<Peer>();
-        peer->address = *key;
-        it = peers_.emplace(*key, std::move(peer)).first;
+        peer = it->second;
       }
-      Peer* peer = it->second.get();
+      std::unique_lock<std::mutex> pl(peer->mu);
+      if (peer->dropped) continue;  // dropped since it was looked up: look again
       if (curve() && peer->want.server.empty()) {
         rejected_.fetch_add(1, std::memory_order_relaxed);
         return Status::InvalidArgument("send to " + *key + ": no CURVE server key for it");
@@ -229,42 +255,72 @@ class ZmqTransportImpl final : public ZmqTransport {
         return Status::Unavailable("send to " + *key + ": queue full (" +
                                    std::to_string(options_.send_queue_limit) + " messages)");
       }
-      if (queued_bytes_ + message.size() > options_.max_queued_bytes) {
-        rejected_.fetch_add(1, std::memory_order_relaxed);
-        return Status::Unavailable("send to " + *key + ": max_queued_bytes reached");
+      if (peer->queue.empty() && peer->socket && (!curve() || peer->want == peer->used)) {
+        // Nothing queued, so the I/O thread is not using the socket: hand it over here.
+        int rc = SendFrames(peer->socket.get(), message);
+        if (rc == 0) {
+          sent_.fetch_add(1, std::memory_order_relaxed);
+          return Status::Ok();
+        }
+        if (rc != EAGAIN) {
+          dropped_.fetch_add(1, std::memory_order_relaxed);
+          CN_LOG(Warning) << "transport: dropped message to " << *key << ": " << zmq_strerror(rc);
+          return Status::Ok();
+        }
+        // Not writable: queue it, and the I/O thread waits for the socket.
       }
-      queued_bytes_ += message.size();
-      peer->queue.push_back(std::move(message));
-      // A peer with messages already queued is in the I/O thread's hands.
-      if (peer->queue.size() > 1) return Status::Ok();
-      wakeups_.push_back(it->second);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (queued_bytes_ + message.size() > options_.max_queued_bytes) {
+          rejected_.fetch_add(1, std::memory_order_relaxed);
+          return Status::Unavailable("send to " + *key + ": max_queued_bytes reached");
+        }
+        queued_bytes_ += message.size();
+        peer->queue.push_back(std::move(message));
+        // A peer with messages already queued is in the I/O thread's hands.
+        if (peer->queue.size() > 1) return Status::Ok();
+        wakeups_.push_back(std::move(peer));
+      }
+      pl.unlock();
+      if (!wake_pending_.exchange(true)) WakeFd();
+      return Status::Ok();
     }
-    if (!wake_pending_.exchange(true)) WakeFd();
-    return Status::Ok();
   }
 
   void SetPeerKey(const std::string& address, const std::string& server_key,
                   const std::string& client_public, const std::string& client_secret) override {
     Result<std::string> key = ParseTcpAddress(address, false);
     if (!key.ok()) return;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = peers_.find(*key);
-      if (it == peers_.end()) {
-        if (peers_.size() >= options_.max_peers) return;  // Send will say so
-        auto peer = std::make_shared<Peer>();
-        peer->address = *key;
-        it = peers_.emplace(*key, std::move(peer)).first;
+    Keys keys{server_key, client_public, client_secret};
+    for (;;) {
+      std::shared_ptr<Peer> peer;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        auto it = peers_.find(*key);
+        if (it == peers_.end()) {
+          if (peers_.size() >= options_.max_peers) return;  // Send will say so
+          auto p = std::make_shared<Peer>();
+          p->address = *key;
+          it = peers_.emplace(*key, std::move(p)).first;
+        }
+        peer = it->second;
       }
-      Keys keys{server_key, client_public, client_secret};
-      if (it->second->want == keys) return;
-      it->second->want = std::move(keys);
+      std::unique_lock<std::mutex> pl(peer->mu);
+      if (peer->dropped) continue;
+      if (peer->want == keys) return;
+      peer->want = std::move(keys);
       // Messages held for the old keys go over a new connection; tell the I/O thread now rather
-      // than when the old connection next stirs.
-      if (it->second->queue.empty()) return;
-      wakeups_.push_back(it->second);
+      // than when the old connection next stirs. (Without messages held, the next Send finds
+      // want != used and queues, and the I/O thread reconnects then.)
+      if (peer->queue.empty()) return;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        wakeups_.push_back(std::move(peer));
+      }
+      pl.unlock();
+      if (!wake_pending_.exchange(true)) WakeFd();
+      return;
     }
-    if (!wake_pending_.exchange(true)) WakeFd();
   }
 
   void SetHandler(Handler handler) override {
@@ -298,17 +354,21 @@ class ZmqTransportImpl final : public ZmqTransport {
   };
   struct Peer {
     std::string address;  // "host:port"; immutable
-    Keys want;            // guarded by mu_
-    Keys used;            // I/O thread only: the keys `socket` was made with
-    // Guarded by mu_. Only Send appends and only the I/O thread pops, so the I/O thread may read
-    // front() without the lock (deque appends do not move existing elements).
+    // Guards the fields below up to the I/O-thread-only ones, and serializes every call on
+    // `socket`. Taken before mu_, never while holding it.
+    std::mutex mu;
+    Keys want;  // the keys to connect with
+    Keys used;  // the keys `socket` was made with
+    // Only Send appends, and only the I/O thread pops; while it is not empty, only the I/O thread
+    // uses `socket`.
     std::deque<std::string> queue;
-    bool dropped = false;                   // guarded by mu_: DropPeer took it out of peers_
-    std::unique_ptr<zmq::socket_t> socket;  // I/O thread only; created on first message
-    int fd = -1;                            // I/O thread only: socket's ZMQ_FD
-    int64_t blocked_since_ms = 0;           // I/O thread only: first refused hand-over, or 0
-    bool active = false;   // I/O thread only: in Loop's list of peers with messages
-    bool blocked = false;  // I/O thread only: drained and not writable; wait for fd
+    bool dropped = false;                   // DropPeer took it out of peers_
+    std::unique_ptr<zmq::socket_t> socket;  // made by the I/O thread, for the first message
+    // Written only by the I/O thread (under mu), so it reads them without mu.
+    int fd = -1;                   // socket's ZMQ_FD
+    int64_t blocked_since_ms = 0;  // first refused hand-over, or 0
+    bool active = false;           // I/O thread only: in Loop's list of peers with messages
+    bool blocked = false;          // I/O thread only: drained and not writable; wait for fd
   };
 
   enum class FlushResult {
@@ -351,12 +411,8 @@ class ZmqTransportImpl final : public ZmqTransport {
       {
         std::lock_guard<std::mutex> l(mu_);
         woken.swap(wakeups_);
-        for (auto& p : woken) {
-          if (p->dropped) p.reset();
-        }
       }
       for (auto& p : woken) {
-        if (!p) continue;
         p->blocked = false;  // new messages, or new keys: try it now
         if (!p->active) {
           p->active = true;
@@ -500,18 +556,13 @@ class ZmqTransportImpl final : public ZmqTransport {
   }
 
   // Hands queued messages for `p` to ZeroMQ until its queue is empty or its socket would block,
-  // at most send_queue_limit per call.
+  // at most send_queue_limit per call. Takes p->mu per message, so a Send that queues meanwhile
+  // waits for one hand-over at most.
   FlushResult Flush(Peer* p) {
     for (size_t i = 0; i < options_.send_queue_limit; ++i) {
-      const std::string* message;
-      bool rekey = false;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (p->queue.empty()) return FlushResult::kEmpty;
-        message = &p->queue.front();
-        rekey = p->socket && curve() && !(p->want == p->used);
-      }
-      if (rekey) {
+      std::lock_guard<std::mutex> l(p->mu);
+      if (p->queue.empty()) return FlushResult::kEmpty;  // also when dropped
+      if (p->socket && curve() && !(p->want == p->used)) {
         p->socket.reset();
         p->blocked_since_ms = 0;  // a new connection gets its own kStuckReconnectMs
       }
@@ -522,7 +573,7 @@ class ZmqTransportImpl final : public ZmqTransport {
           return FlushResult::kDropped;
         }
       }
-      int rc = SendFrames(p->socket.get(), *message);
+      int rc = SendFrames(p->socket.get(), p->queue.front());
       if (rc == EAGAIN) {
         // The failed send may have processed the commands that make the socket writable (a
         // connection completing) without the fd firing: ask, as ZMQ_FD's contract requires.
@@ -541,10 +592,10 @@ class ZmqTransportImpl final : public ZmqTransport {
       }
       p->blocked_since_ms = 0;
       {
-        std::lock_guard<std::mutex> l(mu_);
+        std::lock_guard<std::mutex> g(mu_);
         queued_bytes_ -= p->queue.front().size();
-        p->queue.pop_front();
       }
+      p->queue.pop_front();
       if (rc == 0) {
         sent_.fetch_add(1, std::memory_order_relaxed);
       } else {
@@ -553,10 +604,11 @@ class ZmqTransportImpl final : public ZmqTransport {
                         << zmq_strerror(rc);
       }
     }
-    std::lock_guard<std::mutex> l(mu_);
+    std::lock_guard<std::mutex> l(p->mu);
     return p->queue.empty() ? FlushResult::kEmpty : FlushResult::kMore;
   }
 
+  // Makes p->socket. Called with p->mu held.
   Status Connect(Peer* p) {
     std::string endpoint = std::string(kTcpPrefix) + p->address;
     try {
@@ -571,11 +623,7 @@ class ZmqTransportImpl final : public ZmqTransport {
       s->set(zmq::sockopt::heartbeat_timeout, kHeartbeatTimeoutMs);
       if (IsIpv6(p->address)) s->set(zmq::sockopt::ipv6, 1);
       if (curve()) {
-        Keys keys;
-        {
-          std::lock_guard<std::mutex> l(mu_);
-          keys = p->want;
-        }
+        const Keys& keys = p->want;
         if (keys.server.empty()) return Status::InvalidArgument("no CURVE server key");
         s->set(zmq::sockopt::curve_serverkey, keys.server);
         s->set(zmq::sockopt::curve_publickey,
@@ -593,8 +641,8 @@ class ZmqTransportImpl final : public ZmqTransport {
     return Status::Ok();
   }
 
-  // Gives up on every message queued for `p` and forgets it; a later Send starts afresh. `p` stays
-  // valid while Loop holds it.
+  // Gives up on every message queued for `p` and forgets it; a later Send starts afresh. Called
+  // with p->mu held; see "Lifetime" at the top of the file.
   void DropPeer(Peer* p, const Status& why) {
     CN_LOG(Warning) << "transport: dropping messages to " << p->address << ": " << why.ToString();
     p->socket.reset();
@@ -689,8 +737,7 @@ class ZmqTransportImpl final : public ZmqTransport {
   std::atomic<bool> wake_pending_{false};  // an eventfd write is already on its way
 
   mutable std::mutex mu_;
-  // Only DropPeer, on the I/O thread, erases a peer; the I/O thread's own references keep it
-  // valid until it lets go.
+  // Only DropPeer (I/O thread) and the destructor erase peers; see "Lifetime" at the top.
   std::map<std::string, std::shared_ptr<Peer>> peers_;  // guarded by mu_
   // Peers the I/O thread must look at: their queue went from empty to not, or their keys changed.
   std::vector<std::shared_ptr<Peer>> wakeups_;  // guarded by mu_
