@@ -79,9 +79,9 @@ struct Runtime::Instance {
   // The spec's limits may not be in the cgroup: they changed while no process ran (every start
   // writes them all, PrepareSpawn).
   bool limits_deferred = false;
-  // The spec file holds older limits than `spec`: they changed while no process ran, and the file
-  // is written at the next start, spec change or shutdown (PersistSpecIfStale). A crash before
-  // that leaves the older limits on disk, which the records' Sync replaces (runtime.h).
+  // The spec file is behind `spec`: limits changed while no process ran (or a write failed), and
+  // the file is written at the next start, spec change or shutdown (PersistSpecIfStale). A crash
+  // before that leaves the older spec on disk, which the records' Sync replaces (runtime.h).
   bool spec_stale = false;
   std::optional<InstanceSpec> recreate;  // mkdir of the same name while it was being removed
   bool stopped_by_shutdown = false;
@@ -818,19 +818,24 @@ void Runtime::PersistSpecIfStale(Instance* inst) {
 }
 
 Status Runtime::PersistSpec(Instance* inst) {
-  inst->spec_stale = false;
+  // Until a write succeeds the file is behind `spec`: a start or the shutdown tries again.
+  inst->spec_stale = true;
   std::string content = EncodeSpec(inst->spec);
   KeptSpecFile& f = inst->spec_file;
   if (f.fd.get() >= 0 && content.size() <= f.bytes) {
     // The same bytes WriteFileInPlace would write: padded with newlines to the file's size.
     content.resize(f.bytes, '\n');
-    if (PwriteAll(f.fd.get(), content.data(), content.size(), 0)) return Status::Ok();
+    if (PwriteAll(f.fd.get(), content.data(), content.size(), 0)) {
+      inst->spec_stale = false;
+      return Status::Ok();
+    }
     CN_LOG(Warning) << "runtime: " << inst->name << ": rewriting the spec through its kept "
                     << "descriptor failed (" << strerror(errno) << "); writing it anew";
   }
   f.Reset();
   std::string path = inst->dir + "/spec";
   CN_RETURN_IF_ERROR(WriteFileInPlace(path, content));
+  inst->spec_stale = false;
   // Kept for the next rewrite (WriteFileInPlace may have replaced the file by a rename).
   if (!kept_spec_fds.Take()) return Status::Ok();
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
