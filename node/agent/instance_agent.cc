@@ -390,7 +390,7 @@ void InstanceAgent::Loop() {
           bool waited = CheckWaiters(name, &out);
           // A removed instance's entry goes once nothing refers to it; a live one stays so that
           // a writer that comes after the handling still finds its verdict. (A record made again
-          // since the handling queued a change, so `queued` keeps its entry.)
+          // after the handling read it queued a change of its own: `queued` keeps the entry.)
           if (!it->second.queued && !waited && !exists) entries_.erase(it);
         }
         // Its next change (queued meanwhile), or a resync waiting for the workers to be idle.
