@@ -4,7 +4,9 @@
 #include "node/runtime/runtime.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -498,6 +500,64 @@ TEST_CASE("runtime: a limit change with no process reaches the spec file at the 
   CHECK(on_disk().find("pids_max=77\n") == std::string::npos);
   env.rt.reset();
   CHECK(on_disk().find("pids_max=77\n") != std::string::npos);
+}
+
+// Makes a file immutable (chattr +i), so that even root's writes and renames onto it fail with
+// EPERM; Clear (or the destructor) takes the flag back.
+class Immutable {
+ public:
+  explicit Immutable(const std::string& path) : fd_(open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    int flags = 0;
+    on_ = fd_ >= 0 && ioctl(fd_, FS_IOC_GETFLAGS, &flags) == 0 &&
+          (flags |= FS_IMMUTABLE_FL, ioctl(fd_, FS_IOC_SETFLAGS, &flags) == 0);
+  }
+  ~Immutable() {
+    Clear();
+    if (fd_ >= 0) close(fd_);
+  }
+  bool on() const { return on_; }  // false where the file system has no such flag
+  void Clear() {
+    int flags = 0;
+    if (on_ && ioctl(fd_, FS_IOC_GETFLAGS, &flags) == 0) {
+      flags &= ~FS_IMMUTABLE_FL;
+      on_ = ioctl(fd_, FS_IOC_SETFLAGS, &flags) != 0;
+    }
+  }
+
+ private:
+  int fd_;
+  bool on_ = false;
+};
+
+TEST_CASE("runtime: a spec write that fails is reported, and the start writes the spec") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  InstanceSpec spec = env.Spec("stuck", "sh -c 'exit 0'");
+  REQUIRE(env.rt->Apply(spec).ok());
+  env.rec.WaitFor("stuck", "instance_exited");
+  std::string path = env.opts.data_dir + "/stuck/spec";
+  auto on_disk = [&] {
+    Result<std::string> text = ReadSmallFile(path);
+    REQUIRE(text.ok());
+    return *text;
+  };
+  Immutable frozen(path);
+  if (!frozen.on()) {
+    WARN("no immutable flag on this file system: skipped");
+    return;
+  }
+  // Neither the kept descriptor nor a new file gets through: the caller hears of it ...
+  spec.env = {"A=1"};
+  Status s = env.rt->Apply(spec);
+  CHECK(s.code() == Code::kNotPermitted);  // EPERM
+  CHECK(on_disk().find("env=A=1\n") == std::string::npos);
+  // ... and the spec is written again when it can be, at the start.
+  frozen.Clear();
+  size_t exits = env.rec.Events("stuck").size();
+  REQUIRE(env.rt->Control("stuck", "start").ok());
+  CHECK(on_disk().find("env=A=1\n") != std::string::npos);
+  env.rec.WaitFor("stuck", "instance_exited", exits);
 }
 
 TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach the spec file") {
