@@ -98,45 +98,90 @@ bool InstanceAgent::Elsewhere(const InstanceChange& c) const {
   if (c.exists && (c.node.empty() || c.node == options_.node_name)) return false;
   if (resync_ || syncing_ || busy_.count(c.name) > 0) return false;
   auto it = entries_.find(c.name);
-  if (it != entries_.end() && it->second.queued) return false;
+  if (it != entries_.end() && (it->second.queued || it->second.trying)) return false;
   return !runtime_->Has(c.name);
 }
 
 void InstanceAgent::OnChanges(const std::vector<InstanceChange>& changes) {
-  std::lock_guard<std::mutex> l(mu_);
-  if (!started_ || stopping_) return;
-  size_t queued = 0;
-  for (const InstanceChange& c : changes) {
-    if (Elsewhere(c)) continue;
-    if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
-      // Beyond the table's bound: forget the queue and sync everything from the records.
-      if (!resync_) {
-        CN_LOG(Warning) << "instance agent: more than " << kMaxAgentEntries
-                        << " instances changed at once; syncing all of them";
+  std::vector<std::string> quiet;  // tried on this thread (TryQuiet), in order
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!started_ || stopping_) return;
+    size_t queued = 0;
+    for (const InstanceChange& c : changes) {
+      if (Elsewhere(c)) continue;
+      if (entries_.size() >= kMaxAgentEntries && !entries_.count(c.name)) {
+        // Beyond the table's bound: forget the queue and sync everything from the records.
+        if (!resync_) {
+          CN_LOG(Warning) << "instance agent: more than " << kMaxAgentEntries
+                          << " instances changed at once; syncing all of them";
+        }
+        resync_ = true;
+        entries_.clear();
+        queue_.clear();
+        quiet.clear();
       }
-      resync_ = true;
-      entries_.clear();
-      queue_.clear();
-    }
-    Entry& e = entries_[c.name];
-    e.changed_seq = next_seq_++;
-    if (!c.verb.empty()) {
-      if (e.verbs.size() >= kMaxQueuedVerbs) e.verbs.erase(e.verbs.begin());
-      e.verbs.push_back(c.verb);
-    }
-    if (!e.queued) {
+      Entry& e = entries_[c.name];
+      e.changed_seq = next_seq_++;
+      if (!c.verb.empty()) {
+        if (e.verbs.size() >= kMaxQueuedVerbs) e.verbs.erase(e.verbs.begin());
+        e.verbs.push_back(c.verb);
+      }
+      if (e.queued || e.trying) continue;  // whoever has it reads the record after this change
+      // A change of the record alone, of an instance nothing else is handling: the runtime may
+      // take it in memory, and then no worker needs waking (TryQuiet, below).
+      if (c.verb.empty() && c.exists && !resync_ && !syncing_ && busy_.count(c.name) == 0) {
+        e.trying = true;
+        quiet.push_back(c.name);
+        continue;
+      }
       e.queued = true;
       queue_.push_back(c.name);
       ++queued;
     }
+    // One worker per newly queued instance (all of them for a resync, or many changes): waking
+    // every worker for one start cost more than the start's own hand-offs.
+    if (resync_ || queued >= static_cast<size_t>(options_.workers)) {
+      cv_.notify_all();
+    } else if (queued > 0 || quiet.empty()) {
+      for (size_t i = 0; i < std::max<size_t>(queued, 1); ++i) cv_.notify_one();
+    }
   }
-  // One worker per newly queued instance (all of them for a resync, or many changes): waking
-  // every worker for one start cost more than the start's own hand-offs.
-  if (resync_ || queued >= static_cast<size_t>(options_.workers)) {
-    cv_.notify_all();
-  } else {
-    for (size_t i = 0; i < std::max<size_t>(queued, 1); ++i) cv_.notify_one();
+  if (quiet.empty()) return;
+  Completions out;
+  for (const std::string& name : quiet) {
+    bool applied = TryQuiet(name);
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) continue;  // the table overflowed meanwhile: the resync has it
+    Entry& e = it->second;
+    e.trying = false;
+    if (resync_ || stopping_) continue;
+    if (applied && e.verbs.empty()) {
+      // Only this thread changes changed_seq, and TryQuiet read the record after every change so
+      // far: all of them are handled. (A verb of a later change in the batch needs a worker.)
+      e.handled_seq = e.changed_seq;
+      e.last = Status::Ok();
+      ++handled_on_commit_;
+      CheckWaiters(name, &out);
+    } else {
+      e.queued = true;
+      queue_.push_back(name);
+      cv_.notify_one();
+    }
   }
+  for (auto& [fn, st] : out) fn(st);
+}
+
+uint64_t InstanceAgent::handled_on_commit() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return handled_on_commit_;
+}
+
+bool InstanceAgent::TryQuiet(const std::string& name) {
+  std::optional<InstanceRecord> r = state_->GetInstance(name);
+  if (!r || !Ours(*r)) return false;
+  return runtime_->ApplyQuiet(SpecFromRecord(*r));
 }
 
 Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, EventHub* events) {

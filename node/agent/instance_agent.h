@@ -13,6 +13,10 @@
 //                                                verb the changes carried, in order ->
 //                                                Runtime::Control (edge-triggered: `start` runs an
 //                                                exited instance again, `restart`, `kill SIG`).
+// A change of the record alone (no verb) of an instance no worker is handling is first offered to
+// Runtime::ApplyQuiet on the calling thread: a limit change of an instance with no process is
+// taken in memory there, and no worker wakes for it (each wake-up and hand-off was a share of a
+// cluster leader's time under many writers). Anything else goes to the workers.
 // At Start every record of this node goes to Runtime::Sync, which adopts what still runs, starts
 // what should run, and removes what has no record.
 //
@@ -22,8 +26,8 @@
 //     nor stopping (bounded by settle_timeout_ms); after kStarted, a start that failed before the
 //     command ran (`failed exec: ...`, `failed start: ...`) gives an error naming why;
 //   * kRemoved (rmdir): once the runtime has stopped it and deleted its files.
-// `done` runs exactly once, on the caller's, the worker's or the runtime's delivering thread, and
-// never under the agent's lock.
+// `done` runs exactly once, on the thread of AfterCommit's or OnChanges' caller, a worker's or the
+// runtime's delivering thread, and never under the agent's lock.
 //
 // Thread-safety: every method is safe from any thread. Lock order: the agent's lock may be held
 // while reading the runtime's status snapshot (Runtime::Get with usage=false), never while calling
@@ -85,7 +89,8 @@ class InstanceAgent {
   InstanceAgent(const InstanceAgent&) = delete;
   InstanceAgent& operator=(const InstanceAgent&) = delete;
 
-  // From the state machine's applying thread; never blocks. Ignored until Start.
+  // From the state machine's applying thread; never waits for the runtime (ApplyQuiet does not).
+  // Ignored until Start.
   void OnChanges(const std::vector<InstanceChange>& changes);
 
   // Attaches the runtime (whose listener it becomes), syncs it with every record of this node and
@@ -100,6 +105,9 @@ class InstanceAgent {
   runtime::Runtime* runtime() const;
   // Whether `record` runs on this node.
   bool Ours(const InstanceRecord& record) const;
+  // How many changes OnChanges handled on its caller's thread (Runtime::ApplyQuiet took them), so
+  // far: no worker was woken for them.
+  uint64_t handled_on_commit() const;
 
   // Stops the workers and answers every waiter (Unavailable: the daemon is stopping). Later
   // transitions are still published as events. Idempotent.
@@ -113,6 +121,7 @@ class InstanceAgent {
     uint64_t changed_seq = 0;  // the newest change queued
     uint64_t handled_seq = 0;  // the newest change handled
     bool queued = false;
+    bool trying = false;  // in an OnChanges' TryQuiet round (not queued meanwhile)
     std::vector<std::string> verbs;
     Status last;  // the verdict of the last handling
   };
@@ -131,6 +140,9 @@ class InstanceAgent {
   std::string TakeRunnable();
   // mu_ held: answers the waiters whose deadline has passed (into `out`).
   void ExpireWaiters(Completions* out);
+  // Offers the committed record of `name` to Runtime::ApplyQuiet (mu_ not held); whether it took
+  // it.
+  bool TryQuiet(const std::string& name);
   // `exists`: whether the record was there.
   Status Handle(const std::string& name, const std::vector<std::string>& verbs, bool* exists);
   Status SyncAll();
@@ -158,6 +170,7 @@ class InstanceAgent {
   std::set<std::string> busy_;  // being handled by a worker (kept apart from entries_, which
                                 // an overflow clears)
   bool syncing_ = false;        // a worker runs SyncAll (alone)
+  uint64_t handled_on_commit_ = 0;
   std::list<Waiter> waiters_;
   std::vector<std::thread> workers_;
 };

@@ -1028,10 +1028,34 @@ Status Runtime::Apply(const InstanceSpec& spec) {
   return s;
 }
 
+bool Runtime::ApplyQuiet(const InstanceSpec& spec) {
+  if (!ValidateSpec(spec).ok()) return false;  // Apply says why
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock() || shut_down_) return false;
+  Instance* inst = Find(spec.name);
+  if (inst == nullptr || inst->removing) return false;
+  InstanceSpec merged = spec;
+  merged.desired = spec.desired == Desired::kNone ? inst->spec.desired : spec.desired;
+  if (merged == inst->spec) return true;
+  if (!Idle(*inst) || !LimitsOnly(inst->spec, merged)) return false;
+  if (!(LimitsOf(merged) == LimitsOf(inst->spec))) inst->limits_deferred = true;
+  inst->spec = std::move(merged);
+  inst->spec_stale = true;
+  return true;
+}
+
+bool Runtime::Idle(const Instance& inst) {
+  return !inst.lc.has_process() && !inst.spawn_queued && !inst.launching && inst.pidfd < 0;
+}
+
+CgroupLimits Runtime::LimitsOf(const InstanceSpec& spec) const {
+  return CgroupLimits{spec.ram_mb << 20, spec.cpu_percent,
+                      spec.pids_max > 0 ? spec.pids_max : options_.pids_max};
+}
+
 Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
   Instance* inst = Find(spec.name);
-  CgroupLimits limits{spec.ram_mb << 20, spec.cpu_percent,
-                      spec.pids_max > 0 ? spec.pids_max : options_.pids_max};
+  CgroupLimits limits = LimitsOf(spec);
   if (inst != nullptr && inst->removing) {
     inst->recreate = spec;  // created afresh once the old one is gone
     return Status::Ok();
@@ -1069,9 +1093,8 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
     PrepareFiles(inst);
   } else {
     const InstanceSpec& old = inst->spec;
-    CgroupLimits old_limits{old.ram_mb << 20, old.cpu_percent,
-                            old.pids_max > 0 ? old.pids_max : options_.pids_max};
-    idle = !inst->lc.has_process() && !inst->spawn_queued && !inst->launching && inst->pidfd < 0;
+    CgroupLimits old_limits = LimitsOf(old);
+    idle = Idle(*inst);
     if (!(limits == old_limits)) {
       if (idle) {
         // Nothing runs in the group for them to limit: the cgroup writes (an eighth of a cluster

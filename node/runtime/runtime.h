@@ -170,6 +170,14 @@ class Runtime {
   // the state says why; the Status is still OK). A limit the kernel refuses (v1 cannot lower
   // memory below current use: Busy) leaves the old limits and returns the error.
   Status Apply(const InstanceSpec& spec);
+  // Apply's quiet case alone, for a caller that must not wait (the instance agent on the thread
+  // every commit passes through): applies `spec` only if that touches nothing but memory — the
+  // instance exists and is not being removed, and either nothing changes or only its limits
+  // change while no process runs or is about to (the file and the group get them at the next
+  // start, as with Apply). Returns whether it applied; false changes nothing, and Apply does the
+  // whole work. Never waits for the runtime's lock (a start can hold it until exec): a held lock
+  // is false.
+  bool ApplyQuiet(const InstanceSpec& spec);
   // start | stop | restart | kill [SIGNAL] (default SIGTERM). NotFound for an unknown instance.
   Status Control(const std::string& name, std::string_view verb);
   // Stops the instance (SIGTERM, grace, SIGKILL) and deletes its cgroup, scratch space, log and
@@ -206,6 +214,10 @@ class Runtime {
   // `quiet` (optional) is set when only the in-memory spec changed: no timer, process or status
   // snapshot moved.
   Status ApplyLocked(const InstanceSpec& spec, bool* quiet = nullptr);
+  // No process runs, is queued to start or is starting.
+  static bool Idle(const Instance& inst);
+  // The group's limits for `spec` (pids_max 0: the runtime's default).
+  CgroupLimits LimitsOf(const InstanceSpec& spec) const;
   void RemoveLocked(Instance* inst);
   void FinalizeRemovals();
   void Step(Instance* inst, const Event& event);

@@ -145,6 +145,12 @@ struct Env {
     std::string root = l.version == CgroupVersion::kV2 ? l.v2_root : l.v1.at(controller);
     return root + "/" + opts.cgroup_parent + "/n1/" + inst + "/" + file;
   }
+  // The memory limit the instance's group holds, as the kernel prints it.
+  std::string MemoryLimit(const std::string& inst) {
+    return rt->cgroup_layout().version == CgroupVersion::kV2
+               ? ReadFileOrEmpty(CgroupFile(inst, "", "memory.max"))
+               : ReadFileOrEmpty(CgroupFile(inst, "memory", "memory.limit_in_bytes"));
+  }
 };
 
 void RequireNoZombies() {
@@ -353,11 +359,7 @@ TEST_CASE("runtime: limits changed while nothing runs reach the group at the nex
   Env env;
   env.Open();
   const CgroupLayout& l = env.rt->cgroup_layout();
-  auto memory = [&] {
-    return l.version == CgroupVersion::kV2
-               ? ReadFileOrEmpty(env.CgroupFile("idle", "", "memory.max"))
-               : ReadFileOrEmpty(env.CgroupFile("idle", "memory", "memory.limit_in_bytes"));
-  };
+  auto memory = [&] { return env.MemoryLimit("idle"); };
   auto cpu = [&] {
     return l.version == CgroupVersion::kV2
                ? ReadFileOrEmpty(env.CgroupFile("idle", "", "cpu.max"))
@@ -397,6 +399,52 @@ TEST_CASE("runtime: limits changed while nothing runs reach the group at the nex
   CHECK(memory() == std::to_string(600 << 20) + "\n");
   REQUIRE(env.rt->Control("idle", "kill KILL").ok());
   env.rec.WaitFor("idle", "instance_failed");
+  RequireNoZombies();
+}
+
+TEST_CASE("runtime: ApplyQuiet takes a limit change with no process in memory, nothing else") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  auto memory = [&] { return env.MemoryLimit("q"); };
+  std::string path = env.opts.data_dir + "/q/spec";
+  InstanceSpec s = env.Spec("q", "sleep 1000");
+  s.desired = Desired::kStopped;
+  CHECK_FALSE(env.rt->ApplyQuiet(s));  // making an instance is Apply's
+  CHECK_FALSE(env.rt->Has("q"));
+  REQUIRE(env.rt->Apply(s).ok());
+  CHECK(env.rt->ApplyQuiet(s));  // nothing changes
+  s.ram_mb = 256;
+  s.cpu_percent = 40;
+  s.pids_max = 50;
+  s.desired = Desired::kNone;  // keeps the instance's
+  REQUIRE(env.rt->ApplyQuiet(s));
+  s.desired = Desired::kStopped;
+  // In memory only: neither the group nor the spec file has them yet.
+  CHECK(memory() == std::to_string(128 << 20) + "\n");
+  CHECK(ReadFileOrEmpty(path).find("ram_mb=256\n") == std::string::npos);
+  // Anything but the limits is Apply's, and is left alone.
+  InstanceSpec other = s;
+  other.cmd = "sleep 999";
+  CHECK_FALSE(env.rt->ApplyQuiet(other));
+  other = s;
+  other.desired = Desired::kRunning;
+  CHECK_FALSE(env.rt->ApplyQuiet(other));
+  CHECK(env.Get("q").state == "created");
+  // The start brings the limits taken quietly to the group and the file.
+  s.desired = Desired::kRunning;
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(env.Get("q").pid > 0);
+  CHECK(memory() == std::to_string(256 << 20) + "\n");
+  CHECK(ReadFileOrEmpty(path).find("ram_mb=256\n") != std::string::npos);
+  // With a process the group needs the write: Apply's again.
+  s.ram_mb = 300;
+  CHECK_FALSE(env.rt->ApplyQuiet(s));
+  CHECK(memory() == std::to_string(256 << 20) + "\n");
+  REQUIRE(env.rt->Apply(s).ok());
+  CHECK(memory() == std::to_string(300 << 20) + "\n");
+  REQUIRE(env.rt->Control("q", "kill KILL").ok());
+  env.rec.WaitFor("q", "instance_failed");
   RequireNoZombies();
 }
 
