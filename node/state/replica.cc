@@ -703,12 +703,21 @@ struct Replica::Impl {
 
   void HandleReady() {
     raft::Ready rd = raft->GetReady();
-    // Committed entries were durable before this Ready: apply (and answer) them first, without
-    // waiting for this Ready's log write.
-    if (!rd.committed_entries.empty()) {
-      for (raft::Entry& e : rd.committed_entries) unapplied.push_back(std::move(e));
-      ApplyUnapplied();
+    // Committed entries were durable before this Ready, so they need not wait for its log write;
+    // when they are applied is chosen by what waits for what. A leader applies (and answers) them
+    // once this Ready's appends are on their way, so the followers' syncs overlap the apply. A
+    // follower's acknowledgements, which the leader's commit waits for, go first unless something
+    // of its own waits for the apply (a write proposed here, a read); a snapshot's Ready applies
+    // what came before it first.
+    for (raft::Entry& e : rd.committed_entries) unapplied.push_back(std::move(e));
+    enum class ApplyAt { kFirst, kAfterAppends, kAfterWrite };
+    ApplyAt apply_at = ApplyAt::kFirst;
+    if (!rd.snapshot && raft->role() == raft::Role::kLeader) {
+      apply_at = ApplyAt::kAfterAppends;
+    } else if (!rd.snapshot && inflight.empty() && reads.empty()) {
+      apply_at = ApplyAt::kAfterWrite;
     }
+    if (apply_at == ApplyAt::kFirst) ApplyUnapplied();
     // A hard state that only moves the commit index is not written on its own: raft learns the
     // commit index again after a restart (from the leader, or by committing its own entries), and
     // it goes along with the next entries anyway.
@@ -744,6 +753,7 @@ struct Replica::Impl {
       }
       rd.messages = std::move(later);
     }
+    if (apply_at == ApplyAt::kAfterAppends) ApplyUnapplied();
     if (rd.snapshot || !rd.entries.empty() || vote_changed) {
       KvStore::Batch batch;
       Status s;
@@ -756,6 +766,7 @@ struct Replica::Impl {
       if (s.ok()) s = kv->Write(batch, /*sync=*/!defer);
       if (!s.ok()) {
         CN_LOG(Error) << "log write failed: " << s.ToString();
+        if (apply_at == ApplyAt::kAfterWrite) ApplyUnapplied();  // raft counts them applied
         storage->DropStaged();
         raft->PersistFailed();  // nothing more of this Ready is sent
         // The writers of the lost entries get the error — unless the entries already went to
@@ -808,6 +819,7 @@ struct Replica::Impl {
     if (options.send) {
       for (const raft::Message& m : rd.messages) options.send(m);
     }
+    if (apply_at == ApplyAt::kAfterWrite) ApplyUnapplied();
     for (const raft::ReadState& rs : rd.read_states) {
       if (rs.context.size() != 8) continue;
       auto it = reads.find(FromBigEndian64(rs.context));
