@@ -263,8 +263,17 @@ void InstanceAgent::AfterCommit(const std::string& name, Wait wait, Done done) {
       // most of the agent's wake-ups) bought nothing.
       bool first = waiters_.empty();
       waiters_.push_back(std::move(w));
-      CheckWaiters(name, &out);
+      Completions now;
+      CheckWaiters(name, &now);
       if (first && !waiters_.empty()) cv_.notify_one();
+      // Already handled (on the committing thread, mostly: OnChanges' quiet path): a worker
+      // answers, so the thread every commit passes through does not spend its time on replies
+      // and the wake-ups of their writers. One wake-up per batch of them.
+      if (!now.empty()) {
+        bool idle = ready_.empty();
+        for (auto& c : now) ready_.push_back(std::move(c));
+        if (idle) cv_.notify_one();
+      }
     }
   }
   for (auto& [fn, s] : out) fn(s);
@@ -390,7 +399,9 @@ void InstanceAgent::Loop() {
   auto can_sync = [&] { return resync_ && !syncing_ && busy_.empty(); };
   while (!stopping_) {
     int64_t next = waiters_.empty() ? 0 : waiters_.front().deadline_ms;  // (ExpireWaiters)
-    auto ready = [&] { return stopping_ || can_sync() || (!resync_ && runnable()); };
+    auto ready = [&] {
+      return stopping_ || !ready_.empty() || can_sync() || (!resync_ && runnable());
+    };
     if (next == 0) {
       cv_.wait(l, ready);
     } else {
@@ -398,6 +409,7 @@ void InstanceAgent::Loop() {
     }
     if (stopping_) break;
     Completions out;
+    out.swap(ready_);
     if (can_sync()) {
       syncing_ = true;
       l.unlock();
@@ -457,6 +469,7 @@ void InstanceAgent::Shutdown() {
     std::lock_guard<std::mutex> l(mu_);
     if (stopping_) return;
     stopping_ = true;
+    out.swap(ready_);  // decided already: their verdicts stand
     for (Waiter& w : waiters_) {
       out.emplace_back(std::move(w.done), Status::Unavailable("the daemon is stopping"));
     }

@@ -26,8 +26,10 @@
 //     nor stopping (bounded by settle_timeout_ms); after kStarted, a start that failed before the
 //     command ran (`failed exec: ...`, `failed start: ...`) gives an error naming why;
 //   * kRemoved (rmdir): once the runtime has stopped it and deleted its files.
-// `done` runs exactly once, on the thread of AfterCommit's or OnChanges' caller, a worker's or the
-// runtime's delivering thread, and never under the agent's lock.
+// `done` runs exactly once, never under the agent's lock: on a worker (also when the change was
+// handled before AfterCommit: the caller is mostly the thread every commit passes through, which
+// should not spend its time on the replies and wake-ups that `done` makes), on OnChanges' caller
+// or the runtime's delivering thread, or on AfterCommit's caller before Start or after Shutdown.
 //
 // Thread-safety: every method is safe from any thread. Lock order: the agent's lock may be held
 // while reading the runtime's status snapshot (Runtime::Get with usage=false), never while calling
@@ -172,6 +174,7 @@ class InstanceAgent {
   bool syncing_ = false;        // a worker runs SyncAll (alone)
   uint64_t handled_on_commit_ = 0;
   std::list<Waiter> waiters_;
+  Completions ready_;  // done when AfterCommit was called: for a worker to deliver
   std::vector<std::thread> workers_;
 };
 
