@@ -191,9 +191,16 @@ Status InstanceAgent::Start(const StateMachine* state, runtime::Runtime* rt, Eve
     runtime_ = rt;
     events_ = events;
     started_ = true;  // changes are queued from now on, so none slips between Sync and the worker
+    // ... and none is applied beside the Sync (OnChanges' quiet path), which would apply the
+    // specs it read before the change over it.
+    syncing_ = true;
   }
   rt->SetListener([this](const runtime::Transition& t) { OnTransition(t); });
   Status s = SyncAll();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    syncing_ = false;
+  }
   int n = std::clamp(options_.workers, 1, 64);
   for (int i = 0; i < n; ++i)
     workers_.emplace_back([this] {

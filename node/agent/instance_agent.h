@@ -171,7 +171,7 @@ class InstanceAgent {
   std::deque<std::string> queue_;
   std::set<std::string> busy_;  // being handled by a worker (kept apart from entries_, which
                                 // an overflow clears)
-  bool syncing_ = false;        // a worker runs SyncAll (alone)
+  bool syncing_ = false;        // SyncAll runs (Start, or a worker alone)
   uint64_t handled_on_commit_ = 0;
   std::list<Waiter> waiters_;
   Completions ready_;  // done when AfterCommit was called: for a worker to deliver
