@@ -608,6 +608,39 @@ TEST_CASE("runtime: a spec write that fails is reported, and the start writes th
   env.rec.WaitFor("stuck", "instance_exited", exits);
 }
 
+TEST_CASE("runtime: a spec write that fails at the start does not stop it; the shutdown writes it") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  InstanceSpec spec = env.Spec("late", "sh -c 'exit 0'");
+  REQUIRE(env.rt->Apply(spec).ok());
+  env.rec.WaitFor("late", "instance_exited");
+  std::string path = env.opts.data_dir + "/late/spec";
+  auto on_disk = [&] {
+    Result<std::string> text = ReadSmallFile(path);
+    REQUIRE(text.ok());
+    return *text;
+  };
+  spec.ram_mb = 208;  // no process: in memory only, for the start to write
+  REQUIRE(env.rt->Apply(spec).ok());
+  Immutable frozen(path);
+  if (!frozen.on()) {
+    WARN("no immutable flag on this file system: skipped");
+    return;
+  }
+  // The start cannot write the file, and runs all the same, with the new limit in its group.
+  size_t exits = env.rec.Events("late").size();
+  REQUIRE(env.rt->Control("late", "start").ok());
+  env.rec.WaitFor("late", "instance_started", exits);
+  CHECK(env.MemoryLimit("late") == std::to_string(208 << 20) + "\n");
+  CHECK(on_disk().find("ram_mb=208\n") == std::string::npos);
+  env.rec.WaitFor("late", "instance_exited", exits);
+  // Still stale: the runtime's end writes it, so the next runtime adopts the limit.
+  frozen.Clear();
+  env.rt.reset();
+  CHECK(on_disk().find("ram_mb=208\n") != std::string::npos);
+}
+
 TEST_CASE("runtime: with no descriptor left to keep, spec changes still reach the spec file") {
   if (!CanRunRootTests()) return;
   testing::BudgetUsedUp used_up(KeptSpecFds());
