@@ -608,7 +608,7 @@ TEST_CASE("runtime: a spec write that fails is reported, and the start writes th
   env.rec.WaitFor("stuck", "instance_exited", exits);
 }
 
-TEST_CASE("runtime: a spec write that fails at the start does not stop it; the shutdown writes it") {
+TEST_CASE("runtime: a spec write failing at the start does not stop it; the shutdown writes it") {
   if (!CanRunRootTests()) return;
   Env env;
   env.Open();
