@@ -79,6 +79,9 @@ struct Runtime::Instance {
   // The spec's limits may not be in the cgroup: they changed while no process ran (every start
   // writes them all, PrepareSpawn).
   bool limits_deferred = false;
+  // The cgroup's memory limit is not the spec's: the kernel refused it (v1: below what the group
+  // uses). Every later limit change tries it again; the next start writes it.
+  bool memory_behind = false;
   // The spec file is behind `spec`: limits changed while no process ran (or a write failed), and
   // the file is written at the next start, spec change or shutdown (PersistSpecIfStale). A crash
   // before that leaves the older spec on disk, which the records' Sync replaces (runtime.h).
@@ -621,6 +624,7 @@ std::optional<Event> Runtime::PrepareSpawn(Instance* inst, PreparedLaunch* p) {
       {s.ram_mb << 20, s.cpu_percent, s.pids_max > 0 ? s.pids_max : options_.pids_max});
   if (!st.ok()) return ev::StartFailed{"start: cgroup: " + st.message(), false};
   inst->limits_deferred = false;
+  inst->memory_behind = false;
   PersistSpecIfStale(inst);
   auto oom = inst->cgroup.OomKills();
   p->oom_baseline = oom.ok() ? *oom : 0;
@@ -1061,6 +1065,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
     return Status::Ok();
   }
   bool idle = false;  // no process runs or is about to
+  Status refused;     // a memory limit this change asked for, which the kernel refused
   if (inst == nullptr) {
     if (instances_.size() >= options_.max_instances) {
       return Status::TooLarge("this node runs at most " + std::to_string(options_.max_instances) +
@@ -1101,14 +1106,30 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
         // leader's CPU under 64 ram_mb writers) wait for the next start.
         inst->limits_deferred = true;
       } else {
-        // With limits deferred (a start is queued), the group holds none of old_limits: all.
-        Status s = inst->cgroup.SetLimits(limits, inst->limits_deferred ? nullptr : &old_limits);
-        if (!s.ok()) {
+        // With limits deferred (a start is queued), the group holds none of old_limits, and with
+        // memory behind not their memory limit: all.
+        bool unknown = inst->limits_deferred || inst->memory_behind;
+        Status s = inst->cgroup.SetLimits(limits, unknown ? nullptr : &old_limits);
+        if (s.code() == Code::kBusy) {
+          // v1 cannot lower memory below what the group uses (the memory limit is written first,
+          // so nothing was). The group keeps its memory limit and the spec the new one, and the
+          // other limits are applied: a refusal must not hold up every later change.
+          CgroupLimits others_unknown{limits.memory_bytes, -1, -1};  // memory skipped
+          Status others = inst->cgroup.SetLimits(limits, &others_unknown);
+          if (!others.ok()) s = others;
+        }
+        if (s.code() == Code::kBusy) {
+          inst->memory_behind = true;
+          inst->limits_deferred = false;
+          if (limits.memory_bytes != old_limits.memory_bytes) refused = s;
+        } else if (!s.ok()) {
           inst->cgroup.SetLimits(old_limits).ok();  // never half-applied: all of them again
           inst->limits_deferred = true;             // and once more at the start, to be sure
           return s;
+        } else {
+          inst->limits_deferred = false;
+          inst->memory_behind = false;
         }
-        inst->limits_deferred = false;
       }
     }
     if (spec.disk_mb != old.disk_mb && inst->lc.has_process()) {
@@ -1149,7 +1170,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
     inst->stopped_by_shutdown = false;
     Step(inst, merged.desired == Desired::kRunning ? Event(ev::Start{}) : Event(ev::Stop{}));
   }
-  return persisted;
+  return refused.ok() ? persisted : refused;
 }
 
 Status Runtime::Control(const std::string& name, std::string_view verb) {

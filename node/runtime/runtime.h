@@ -167,8 +167,12 @@ class Runtime {
 
   // Creates the instance or brings it in line with `spec` (see the header comment). Returns once
   // the change is applied: when it starts the instance, after the command has exec'd (or failed:
-  // the state says why; the Status is still OK). A limit the kernel refuses (v1 cannot lower
-  // memory below current use: Busy) leaves the old limits and returns the error.
+  // the state says why; the Status is still OK). A memory limit the kernel refuses (v1 cannot
+  // lower it below current use: Busy) stays in the spec while the group keeps its old one; the
+  // rest of the change is applied, every later limit change tries the memory limit again (a
+  // refusal then is not reported), and the next start writes it. Busy is returned to the change
+  // that asked for it. Any other limit the kernel refuses leaves the old limits and returns the
+  // error.
   Status Apply(const InstanceSpec& spec);
   // Apply's quiet case alone, for a caller that must not wait (the instance agent on the thread
   // every commit passes through): applies `spec` only if that touches nothing but memory — the

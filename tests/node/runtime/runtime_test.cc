@@ -448,6 +448,48 @@ TEST_CASE("runtime: ApplyQuiet takes a limit change with no process in memory, n
   RequireNoZombies();
 }
 
+TEST_CASE("runtime: a memory limit the kernel refuses is recorded, and holds up no other change") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.Open();
+  const CgroupLayout& l = env.rt->cgroup_layout();
+  if (l.version == CgroupVersion::kV2) {
+    WARN("cgroup v2 lowers memory.max below use (reclaim, then OOM): nothing is refused");
+    return;
+  }
+  std::string fifo = env.Fifo("full");
+  // 40 MB in the instance's own /tmp (a tmpfs charged to its group), then it stays.
+  InstanceSpec s = env.Spec("full", "sh -c 'head -c 40000000 /dev/zero > /tmp/fill; echo up > " +
+                                        fifo + "; exec sleep 1000'");
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(ReadFileOrEmpty(fifo) == "up\n");
+  pid_t pid = env.Get("full").pid;
+  std::string path = env.opts.data_dir + "/full/spec";
+  auto cpu = [&] { return ReadFileOrEmpty(env.CgroupFile("full", "cpu", "cpu.cfs_quota_us")); };
+  // Below what the group uses: refused; the group keeps its limit, the spec records the new one.
+  s.ram_mb = 8;
+  CHECK(env.rt->Apply(s).code() == Code::kBusy);
+  CHECK(env.MemoryLimit("full") == std::to_string(128 << 20) + "\n");
+  CHECK(ReadFileOrEmpty(path).find("ram_mb=8\n") != std::string::npos);
+  // Another limit changes: applied, with the memory tried again and still refused, unreported.
+  s.cpu_percent = 30;
+  CHECK(env.rt->Apply(s).ok());
+  CHECK(cpu() == "30000\n");
+  CHECK(env.MemoryLimit("full") == std::to_string(128 << 20) + "\n");
+  // So is a change that is not a limit.
+  s.env = {"B=2"};
+  CHECK(env.rt->Apply(s).ok());
+  CHECK(ReadFileOrEmpty(path).find("env=B=2\n") != std::string::npos);
+  // A memory limit above the use is written.
+  s.ram_mb = 96;
+  CHECK(env.rt->Apply(s).ok());
+  CHECK(env.MemoryLimit("full") == std::to_string(96 << 20) + "\n");
+  CHECK(env.Get("full").pid == pid);
+  REQUIRE(env.rt->Control("full", "kill KILL").ok());
+  env.rec.WaitFor("full", "instance_failed");
+  RequireNoZombies();
+}
+
 TEST_CASE("runtime: on-failure restarts with capped exponential back-off") {
   if (!CanRunRootTests()) return;
   Env env;
