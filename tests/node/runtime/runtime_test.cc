@@ -145,6 +145,13 @@ struct Env {
     std::string root = l.version == CgroupVersion::kV2 ? l.v2_root : l.v1.at(controller);
     return root + "/" + opts.cgroup_parent + "/n1/" + inst + "/" + file;
   }
+  // The content of a file the test needs (fails the test when it cannot be read).
+  std::string FileText(const std::string& path) {
+    Result<std::string> text = ReadSmallFile(path);
+    INFO(path << ": " << text.status().ToString());
+    REQUIRE(text.ok());
+    return *text;
+  }
   // The memory limit the instance's group holds, as the kernel prints it.
   std::string MemoryLimit(const std::string& inst) {
     return rt->cgroup_layout().version == CgroupVersion::kV2
@@ -528,11 +535,7 @@ TEST_CASE("runtime: every spec change reaches the spec file, also one that outgr
   spec.desired = Desired::kStopped;
   REQUIRE(env.rt->Apply(spec).ok());
   std::string path = env.opts.data_dir + "/quiet/spec";
-  auto on_disk = [&] {
-    Result<std::string> text = ReadSmallFile(path);
-    REQUIRE(text.ok());
-    return *text;
-  };
+  auto on_disk = [&] { return env.FileText(path); };
   // Rewritten in place through the kept descriptor.
   spec.env = {"A=1"};
   REQUIRE(env.rt->Apply(spec).ok());
@@ -569,11 +572,7 @@ TEST_CASE("runtime: a limit change with no process reaches the spec file at the 
   REQUIRE(env.rt->Apply(spec).ok());
   env.rec.WaitFor("idle", "instance_exited");
   std::string path = env.opts.data_dir + "/idle/spec";
-  auto on_disk = [&] {
-    Result<std::string> text = ReadSmallFile(path);
-    REQUIRE(text.ok());
-    return *text;
-  };
+  auto on_disk = [&] { return env.FileText(path); };
   // Nothing runs for the limits to apply to: the file waits ...
   spec.ram_mb = 192;
   REQUIRE(env.rt->Apply(spec).ok());
@@ -627,11 +626,7 @@ TEST_CASE("runtime: a spec write that fails is reported, and the start writes th
   REQUIRE(env.rt->Apply(spec).ok());
   env.rec.WaitFor("stuck", "instance_exited");
   std::string path = env.opts.data_dir + "/stuck/spec";
-  auto on_disk = [&] {
-    Result<std::string> text = ReadSmallFile(path);
-    REQUIRE(text.ok());
-    return *text;
-  };
+  auto on_disk = [&] { return env.FileText(path); };
   Immutable frozen(path);
   if (!frozen.on()) {
     WARN("no immutable flag on this file system: skipped");
@@ -658,11 +653,7 @@ TEST_CASE("runtime: a spec write failing at the start does not stop it; the shut
   REQUIRE(env.rt->Apply(spec).ok());
   env.rec.WaitFor("late", "instance_exited");
   std::string path = env.opts.data_dir + "/late/spec";
-  auto on_disk = [&] {
-    Result<std::string> text = ReadSmallFile(path);
-    REQUIRE(text.ok());
-    return *text;
-  };
+  auto on_disk = [&] { return env.FileText(path); };
   spec.ram_mb = 208;  // no process: in memory only, for the start to write
   REQUIRE(env.rt->Apply(spec).ok());
   Immutable frozen(path);
