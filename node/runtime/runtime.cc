@@ -1037,11 +1037,19 @@ bool Runtime::ApplyQuiet(const InstanceSpec& spec) {
   std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
   if (!lock.owns_lock() || shut_down_) return false;
   Instance* inst = Find(spec.name);
-  if (inst == nullptr || inst->removing) return false;
+  return inst != nullptr && !inst->removing && TakeQuietLocked(inst, spec);
+}
+
+bool Runtime::TakeQuietLocked(Instance* inst, const InstanceSpec& spec) {
   InstanceSpec merged = spec;
   merged.desired = spec.desired == Desired::kNone ? inst->spec.desired : spec.desired;
-  if (merged == inst->spec) return true;
+  if (merged == inst->spec) return true;  // level-triggered repeats cost nothing
   if (!Idle(*inst) || !LimitsOnly(inst->spec, merged)) return false;
+  // Nothing runs in the group for the limits to limit: the cgroup writes (an eighth of a cluster
+  // leader's CPU under 64 ram_mb writers) wait for the next start. Nothing of the status snapshot
+  // or the timers moves either, and only a start reads the limits from the file's copy (an
+  // adoption after a restart is followed by the records' Sync): the file waits too
+  // (PersistSpecIfStale; a rewrite per change was a twentieth of a cluster leader's CPU).
   if (!(LimitsOf(merged) == LimitsOf(inst->spec))) inst->limits_deferred = true;
   inst->spec = std::move(merged);
   inst->spec_stale = true;
@@ -1064,8 +1072,11 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
     inst->recreate = spec;  // created afresh once the old one is gone
     return Status::Ok();
   }
-  bool idle = false;  // no process runs or is about to
-  Status refused;     // a memory limit this change asked for, which the kernel refused
+  if (inst != nullptr && TakeQuietLocked(inst, spec)) {
+    if (quiet != nullptr) *quiet = true;
+    return Status::Ok();
+  }
+  Status refused;  // a memory limit this change asked for, which the kernel refused
   if (inst == nullptr) {
     if (instances_.size() >= options_.max_instances) {
       return Status::TooLarge("this node runs at most " + std::to_string(options_.max_instances) +
@@ -1099,12 +1110,9 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
   } else {
     const InstanceSpec& old = inst->spec;
     CgroupLimits old_limits = LimitsOf(old);
-    idle = Idle(*inst);
     if (!(limits == old_limits)) {
-      if (idle) {
-        // Nothing runs in the group for them to limit: the cgroup writes (an eighth of a cluster
-        // leader's CPU under 64 ram_mb writers) wait for the next start.
-        inst->limits_deferred = true;
+      if (Idle(*inst)) {
+        inst->limits_deferred = true;  // as in TakeQuietLocked: the next start writes them
       } else {
         // With limits deferred (a start is queued), the group holds none of old_limits, and with
         // memory behind not their memory limit: all.
@@ -1149,17 +1157,7 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
   Desired before = inst->spec.desired;
   InstanceSpec merged = spec;
   merged.desired = spec.desired == Desired::kNone ? before : spec.desired;
-  if (merged == inst->spec) {  // level-triggered repeats cost nothing
-    if (quiet != nullptr) *quiet = true;
-    return Status::Ok();
-  }
-  if (idle && LimitsOnly(inst->spec, merged)) {
-    // Nothing of the status snapshot or the timers moves, and only a start reads the limits from
-    // the file's copy (an adoption after a restart is followed by the records' Sync): the file
-    // waits (PersistSpecIfStale). A rewrite per change was a twentieth of a cluster leader's CPU
-    // under 64 ram_mb writers.
-    inst->spec = merged;
-    inst->spec_stale = true;
+  if (merged == inst->spec) {  // a new instance with nothing to start (kNone)
     if (quiet != nullptr) *quiet = true;
     return Status::Ok();
   }

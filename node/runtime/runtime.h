@@ -218,6 +218,9 @@ class Runtime {
   // `quiet` (optional) is set when only the in-memory spec changed: no timer, process or status
   // snapshot moved.
   Status ApplyLocked(const InstanceSpec& spec, bool* quiet = nullptr);
+  // The quiet case of ApplyLocked (ApplyQuiet): when nothing changes, or only limits while `inst`
+  // is idle, takes `spec` in memory and returns true; otherwise changes nothing.
+  bool TakeQuietLocked(Instance* inst, const InstanceSpec& spec);
   // No process runs, is queued to start or is starting.
   static bool Idle(const Instance& inst);
   // The group's limits for `spec` (pids_max 0: the runtime's default).
