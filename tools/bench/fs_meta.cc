@@ -45,7 +45,12 @@
 #include <thread>
 #include <vector>
 
+#include "tools/bench/bench_util.h"
+
 namespace {
+
+using bench::NowNs;
+using bench::PercentileUs;
 
 constexpr char kUsage[] = R"(usage: bench_fs_meta --dir DIR [options]
 
@@ -85,21 +90,6 @@ struct Config {
   bool drop_caches = false;
   int64_t segment = 0;  // files per segment; 0 = the whole phase is one segment
 };
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-bool ParseInt(const char* s, int64_t lo, int64_t hi, int64_t* out) {
-  char* end = nullptr;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
 
 // Starts every thread's phase at once; reusable, one generation per phase.
 class Barrier {
@@ -218,13 +208,6 @@ void RunThread(Barrier* barrier, Worker* w, int64_t segments, int64_t segment_fi
   }
 }
 
-// Nearest-rank percentile of sorted samples, in microseconds.
-double PercentileUs(const std::vector<int64_t>& sorted, double q) {
-  size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
-  if (rank == 0) rank = 1;
-  return static_cast<double>(sorted[rank - 1]) / 1000.0;
-}
-
 bool DropCaches() {
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
   if (fd < 0 || write(fd, "2\n", 2) != 2) {
@@ -245,33 +228,25 @@ bool ParseArgs(int argc, char** argv, Config* c) {
                                     {"help", no_argument, nullptr, 'h'},
                                     {nullptr, 0, nullptr, 0}};
   int opt;
-  int64_t n = 0;
   while ((opt = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
     switch (opt) {
       case 'd':
         c->dir = optarg;
         break;
       case 'n':
-        if (!ParseInt(optarg, 1, kMaxFiles, &c->files)) {
-          fprintf(stderr, "bench_fs_meta: --files: expected 1..%" PRId64 "\n", kMaxFiles);
+        if (!bench::IntOption("bench_fs_meta", "files", optarg, 1, kMaxFiles, &c->files))
           return false;
-        }
         break;
       case 't':
-        if (!ParseInt(optarg, 1, kMaxThreads, &n)) {
-          fprintf(stderr, "bench_fs_meta: --threads: expected 1..%d\n", kMaxThreads);
+        if (!bench::IntOption("bench_fs_meta", "threads", optarg, 1, kMaxThreads, &c->threads))
           return false;
-        }
-        c->threads = static_cast<int>(n);
         break;
       case 'c':
         c->drop_caches = true;
         break;
       case 's':
-        if (!ParseInt(optarg, 1, kMaxFiles, &c->segment)) {
-          fprintf(stderr, "bench_fs_meta: --segment: expected 1..%" PRId64 "\n", kMaxFiles);
+        if (!bench::IntOption("bench_fs_meta", "segment", optarg, 1, kMaxFiles, &c->segment))
           return false;
-        }
         break;
       case 'h':
         fputs(kUsage, stdout);

@@ -42,15 +42,13 @@
 #include <thread>
 #include <vector>
 
+#include "tools/bench/bench_util.h"
+
 extern char** environ;
 
 namespace {
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
+using bench::NowNs;
 
 [[noreturn]] void Die(const std::string& what) {
   fprintf(stderr, "bench_instances: %s\n", what.c_str());

@@ -38,7 +38,13 @@
 #include <thread>
 #include <vector>
 
+#include "tools/bench/bench_util.h"
+
 namespace {
+
+using bench::NowNs;
+using bench::PercentileUs;
+using bench::StartGate;
 
 constexpr char kUsage[] = R"(usage: bench_write_latency --file PATH --iterations N [options]
 
@@ -72,21 +78,6 @@ struct Config {
   std::string samples_file;
 };
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-bool ParseInt(const char* s, int64_t lo, int64_t hi, int64_t* out) {
-  char* end = nullptr;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
-
 std::string PathFor(const std::string& pattern, int index) {
   std::string out;
   size_t pos = 0;
@@ -100,31 +91,6 @@ std::string PathFor(const std::string& pattern, int index) {
   out.append(pattern, pos, std::string::npos);
   return out;
 }
-
-// Starts every thread's measured phase at once, after all have opened and warmed up.
-class StartGate {
- public:
-  explicit StartGate(int parties) : waiting_(parties) {}
-  // Returns the common start time.
-  int64_t ArriveAndWait() {
-    std::unique_lock<std::mutex> l(mu_);
-    if (--waiting_ == 0) {
-      start_ns_ = NowNs();
-      cv_.notify_all();
-    } else {
-      cv_.wait(l, [&] { return waiting_ == 0; });
-    }
-    return start_ns_;
-  }
-  // The common start time; read only after every party has arrived (e.g. after joining).
-  int64_t start_ns() const { return start_ns_; }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int waiting_;
-  int64_t start_ns_ = 0;
-};
 
 struct Worker {
   std::string path;
@@ -205,13 +171,6 @@ class Runner {
   StartGate* gate_;
 };
 
-// Nearest-rank percentile of sorted samples, in microseconds.
-double PercentileUs(const std::vector<int64_t>& sorted, double q) {
-  size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
-  if (rank == 0) rank = 1;
-  return static_cast<double>(sorted[rank - 1]) / 1000.0;
-}
-
 bool AppendSamples(const std::string& path, const std::vector<Worker>& workers) {
   FILE* f = fopen(path.c_str(), "ae");
   if (f == nullptr) {
@@ -239,25 +198,20 @@ bool ParseArgs(int argc, char** argv, Config* c) {
                                     {"help", no_argument, nullptr, 'h'},
                                     {nullptr, 0, nullptr, 0}};
   int opt;
-  int64_t n = 0;
   while ((opt = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
     switch (opt) {
       case 'f':
         c->file = optarg;
         break;
       case 'n':
-        if (!ParseInt(optarg, 1, kMaxIterations, &c->iterations)) {
-          fprintf(stderr, "bench_write_latency: --iterations: expected 1..%" PRId64 "\n",
-                  kMaxIterations);
+        if (!bench::IntOption("bench_write_latency", "iterations", optarg, 1, kMaxIterations,
+                              &c->iterations))
           return false;
-        }
         break;
       case 'w':
-        if (!ParseInt(optarg, 0, kMaxIterations, &c->warmup)) {
-          fprintf(stderr, "bench_write_latency: --warmup: expected 0..%" PRId64 "\n",
-                  kMaxIterations);
+        if (!bench::IntOption("bench_write_latency", "warmup", optarg, 0, kMaxIterations,
+                              &c->warmup))
           return false;
-        }
         break;
       case 'm': {
         std::string m = optarg;
@@ -297,11 +251,9 @@ bool ParseArgs(int argc, char** argv, Config* c) {
         break;
       }
       case 't':
-        if (!ParseInt(optarg, 1, kMaxThreads, &n)) {
-          fprintf(stderr, "bench_write_latency: --threads: expected 1..%d\n", kMaxThreads);
+        if (!bench::IntOption("bench_write_latency", "threads", optarg, 1, kMaxThreads,
+                              &c->threads))
           return false;
-        }
-        c->threads = static_cast<int>(n);
         break;
       case 's':
         c->samples_file = optarg;
