@@ -222,6 +222,20 @@ Result<InstanceSpec> DecodeSpec(const std::string& text) {
 
 std::string MbUp(uint64_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20); }
 
+// Writes `limits` to `cg` (`known`: what it holds; null: write all). A memory limit the kernel
+// refuses (v1: below what the group uses; the memory limit is written first, so nothing was)
+// leaves the group's, and the other limits are still written: a refusal must not hold up every
+// later change. kBusy when only that happened; any other failure as it came.
+Status WriteLimits(Cgroup& cg, const CgroupLimits& limits, const CgroupLimits* known) {
+  Status s = cg.SetLimits(limits, known);
+  if (s.code() == Code::kBusy) {
+    CgroupLimits others_unknown{limits.memory_bytes, -1, -1};  // memory skipped
+    Status others = cg.SetLimits(limits, &others_unknown);
+    if (!others.ok()) s = others;
+  }
+  return s;
+}
+
 }  // namespace
 
 Status ValidateSpec(const InstanceSpec& s) {
@@ -891,9 +905,15 @@ void Runtime::Adopt(const std::string& name) {
   auto cg = Cgroup::Create(layout_, group);
   if (cg.ok()) {
     inst->cgroup = *cg;
-    Status s = inst->cgroup.SetLimits({spec->ram_mb << 20, spec->cpu_percent,
-                                       spec->pids_max > 0 ? spec->pids_max : options_.pids_max});
-    if (!s.ok()) CN_LOG(Warning) << "runtime: " << name << ": limits: " << s.ToString();
+    // The spec may hold a memory limit the group refused before this runtime (memory_behind is
+    // not on disk): found again here, and tried again at every limit change, as before.
+    Status s = WriteLimits(inst->cgroup, LimitsOf(*spec), nullptr);
+    if (s.code() == Code::kBusy) {
+      inst->memory_behind = true;
+      CN_LOG(Info) << "runtime: " << name << ": " << s.ToString() << " (kept; tried again later)";
+    } else if (!s.ok()) {
+      CN_LOG(Warning) << "runtime: " << name << ": limits: " << s.ToString();
+    }
   } else {
     CN_LOG(Error) << "runtime: " << name << ": " << cg.status().ToString();
   }
@@ -1117,16 +1137,8 @@ Status Runtime::ApplyLocked(const InstanceSpec& spec, bool* quiet) {
         // With limits deferred (a start is queued), the group holds none of old_limits, and with
         // memory behind not their memory limit: all.
         bool unknown = inst->limits_deferred || inst->memory_behind;
-        Status s = inst->cgroup.SetLimits(limits, unknown ? nullptr : &old_limits);
-        if (s.code() == Code::kBusy) {
-          // v1 cannot lower memory below what the group uses (the memory limit is written first,
-          // so nothing was). The group keeps its memory limit and the spec the new one, and the
-          // other limits are applied: a refusal must not hold up every later change.
-          CgroupLimits others_unknown{limits.memory_bytes, -1, -1};  // memory skipped
-          Status others = inst->cgroup.SetLimits(limits, &others_unknown);
-          if (!others.ok()) s = others;
-        }
-        if (s.code() == Code::kBusy) {
+        Status s = WriteLimits(inst->cgroup, limits, unknown ? nullptr : &old_limits);
+        if (s.code() == Code::kBusy) {  // the group keeps its memory limit, the spec the new one
           inst->memory_behind = true;
           inst->limits_deferred = false;
           if (limits.memory_bytes != old_limits.memory_bytes) refused = s;

@@ -170,8 +170,8 @@ class Runtime {
   // the state says why; the Status is still OK). A memory limit the kernel refuses (v1 cannot
   // lower it below current use: Busy) stays in the spec while the group keeps its old one; the
   // rest of the change is applied, every later limit change tries the memory limit again (a
-  // refusal then is not reported), and the next start writes it. Busy is returned to the change
-  // that asked for it. Any other limit the kernel refuses leaves the old limits and returns the
+  // refusal then is not reported), and the next start writes it; a runtime that adopts the
+  // instance finds the refusal again. Busy is returned to the change that asked for it. Any other limit the kernel refuses leaves the old limits and returns the
   // error.
   Status Apply(const InstanceSpec& spec);
   // Apply's quiet case alone, for a caller that must not wait (the instance agent on the thread

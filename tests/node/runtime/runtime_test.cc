@@ -497,6 +497,40 @@ TEST_CASE("runtime: a memory limit the kernel refuses is recorded, and holds up 
   RequireNoZombies();
 }
 
+TEST_CASE("runtime: a memory limit refused before a restart is tried again by the next runtime") {
+  if (!CanRunRootTests()) return;
+  Env env;
+  env.opts.stop_on_shutdown = false;
+  env.Open();
+  if (env.rt->cgroup_layout().version == CgroupVersion::kV2) {
+    WARN("cgroup v2 lowers memory.max below use (reclaim, then OOM): nothing is refused");
+    return;
+  }
+  std::string fifo = env.Fifo("kept");
+  InstanceSpec s = env.Spec("kept", "sh -c 'head -c 40000000 /dev/zero > /tmp/fill; echo up > " +
+                                        fifo + "; exec sleep 1000'");
+  REQUIRE(env.rt->Apply(s).ok());
+  REQUIRE(ReadFileOrEmpty(fifo) == "up\n");
+  pid_t pid = env.Get("kept").pid;
+  s.ram_mb = 8;
+  REQUIRE(env.rt->Apply(s).code() == Code::kBusy);
+  env.rt.reset();  // leaves it running; its spec file says 8 MB, its group holds 128
+  env.Open();
+  env.rec.WaitFor("kept", "instance_adopted");
+  REQUIRE(env.Get("kept").pid == pid);
+  CHECK(env.MemoryLimit("kept") == std::to_string(128 << 20) + "\n");
+  // The instance frees what it used (its /tmp is a tmpfs charged to its group): the next limit
+  // change tries the memory limit again, and now it is taken.
+  REQUIRE(unlink(("/proc/" + std::to_string(pid) + "/root/tmp/fill").c_str()) == 0);
+  s.cpu_percent = 40;
+  CHECK(env.rt->Apply(s).ok());
+  CHECK(env.MemoryLimit("kept") == std::to_string(8 << 20) + "\n");
+  CHECK(ReadFileOrEmpty(env.CgroupFile("kept", "cpu", "cpu.cfs_quota_us")) == "40000\n");
+  REQUIRE(env.rt->Control("kept", "kill KILL").ok());
+  env.rec.WaitFor("kept", "instance_failed");
+  RequireNoZombies();
+}
+
 TEST_CASE("runtime: on-failure restarts with capped exponential back-off") {
   if (!CanRunRootTests()) return;
   Env env;
