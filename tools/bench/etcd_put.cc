@@ -8,7 +8,8 @@
 //
 // Every thread first does --warmup unmeasured Puts; the measured phase starts for all at once.
 // The threads share --conns gRPC channels (TCP connections), round robin; etcd's own benchmark
-// tool defaults to one. A failed Put stops the run: the tool prints the error and exits 1.
+// tool defaults to one. A failed Put ends its thread's run; the tool then prints the error and
+// exits 1.
 #include <getopt.h>
 #include <grpcpp/grpcpp.h>
 #include <time.h>
