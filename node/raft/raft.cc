@@ -590,7 +590,14 @@ class Raft::Impl {
                    << " with higher term " << m.term;
         bool from_leader = m.type == MessageType::kAppend || m.type == MessageType::kHeartbeat ||
                            m.type == MessageType::kSnapshot;
+        int elapsed = election_elapsed_;
         BecomeFollower(m.term, from_leader ? m.from : NodeId());
+        // A candidate's term does not restart the election timer: only a leader's message or a
+        // granted vote does (Figure 2 of the Raft paper; HandleVote resets it when it grants).
+        // Otherwise candidates with stale logs whose clocks run fast, campaigning in turn, keep
+        // the one node that could win from ever timing out (without pre-vote; found by the
+        // simulator, seed 5043056).
+        if (m.type == MessageType::kVote) election_elapsed_ = elapsed;
       }
     } else if (m.term < term_) {
       if ((opts_.check_quorum || opts_.pre_vote) &&

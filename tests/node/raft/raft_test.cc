@@ -224,6 +224,55 @@ TEST_CASE("without pre-vote the rejoining node does disrupt (the contrast)") {
   CHECK(h.node("1").raft->term() > 1);
 }
 
+// Without pre-vote, candidates with stale logs raise the term again and again. If each raised term
+// restarted every election timer, the one node that could win might never time out (simulator
+// seed 5043056: the stale nodes' clocks ran fast). Only a leader's message or a granted vote
+// restarts it (Figure 2 of the Raft paper).
+TEST_CASE("a vote refused to a stale candidate does not restart the election timer") {
+  auto follower = [](MemoryStorage& st) {
+    st.Append({Entry{1, 1, EntryType::kNormal, ""}});
+    st.SetHardState(HardState{1, "", 0});
+    RaftOptions o = Opts("1", &st);
+    o.pre_vote = false;
+    o.check_quorum = false;
+    auto r = NewRaft(o);
+    for (int i = 0; i < 9; ++i) r->Tick();  // below any timeout (10..19 ticks)
+    REQUIRE(r->role() == Role::kFollower);
+    return r;
+  };
+  auto vote = [](uint64_t log_term, uint64_t index) {
+    Message m;
+    m.type = MessageType::kVote;
+    m.from = "3";
+    m.to = "1";
+    m.term = 5;
+    m.log_term = log_term;
+    m.index = index;
+    return m;
+  };
+  auto ticks_to_campaign = [](Raft& r) {
+    int t = 0;
+    for (; r.role() == Role::kFollower && t < 100; ++t) r.Tick();
+    return t;
+  };
+  MemoryStorage refusing(Config{{"1", "2", "3"}, {}});
+  auto r = follower(refusing);
+  REQUIRE(r->Step(vote(0, 0)).ok());  // an empty log: behind ours
+  Ready rd = Perform(*r, refusing);
+  REQUIRE(rd.messages.size() == 1);
+  CHECK(rd.messages[0].reject);
+  CHECK(r->term() == 5);
+  CHECK(ticks_to_campaign(*r) <= 10);  // 9 + 10 reach any timeout
+
+  MemoryStorage granting(Config{{"1", "2", "3"}, {}});
+  r = follower(granting);
+  REQUIRE(r->Step(vote(1, 1)).ok());  // as up to date as ours
+  rd = Perform(*r, granting);
+  REQUIRE(rd.messages.size() == 1);
+  CHECK(!rd.messages[0].reject);
+  CHECK(ticks_to_campaign(*r) >= 10);  // a whole timeout again
+}
+
 TEST_CASE("check-quorum: a leader cut off from its followers steps down") {
   auto hp = Cluster(3);
   Harness& h = *hp;
