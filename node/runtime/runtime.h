@@ -171,8 +171,8 @@ class Runtime {
   // lower it below current use: Busy) stays in the spec while the group keeps its old one; the
   // rest of the change is applied, every later limit change tries the memory limit again (a
   // refusal then is not reported), and the next start writes it; a runtime that adopts the
-  // instance finds the refusal again. Busy is returned to the change that asked for it. Any other limit the kernel refuses leaves the old limits and returns the
-  // error.
+  // instance finds the refusal again. Busy is returned to the change that asked for it. Any other
+  // limit the kernel refuses leaves the old limits and returns the error.
   Status Apply(const InstanceSpec& spec);
   // Apply's quiet case alone, for a caller that must not wait (the instance agent on the thread
   // every commit passes through): applies `spec` only if that touches nothing but memory — the

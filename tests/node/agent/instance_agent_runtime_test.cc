@@ -55,13 +55,7 @@ struct Node {
   uint64_t cursor = 0;
   std::string seen;
 
-  Node() {
-    opts.node = "n1";
-    opts.data_dir = tmp.path() + "/data";
-    opts.cgroup_parent = "cn-test-" + std::to_string(getpid());
-    opts.stop_grace_ms = 1000;
-    opts.pids_max = 64;
-    chmod(tmp.path().c_str(), 0755);
+  Node() : opts(runtime::testing::TestRuntimeOptions(tmp)) {
     agent = std::make_unique<InstanceAgent>(InstanceAgentOptions{.node_name = "n1"});
     StateMachineOptions so;
     so.on_instance_changes = [this](const std::vector<InstanceChange>& changes) {

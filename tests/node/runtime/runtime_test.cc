@@ -96,15 +96,9 @@ struct Env {
   std::unique_ptr<Runtime> rt;
   Runtime::Options opts;
 
-  Env() {
-    opts.node = "n1";
-    opts.data_dir = tmp.path() + "/data";
-    opts.cgroup_parent = "cn-test-" + std::to_string(getpid());
-    opts.stop_grace_ms = 1000;
+  Env() : opts(testing::TestRuntimeOptions(tmp)) {
     opts.backoff = {.initial_ms = 50, .max_ms = 400, .reset_after_ms = 10000};
     opts.sample_interval_ms = 100;
-    opts.pids_max = 64;
-    chmod(tmp.path().c_str(), 0755);
   }
   ~Env() {
     rt.reset();

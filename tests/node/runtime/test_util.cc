@@ -45,6 +45,17 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
+Runtime::Options TestRuntimeOptions(const TempDir& tmp) {
+  Runtime::Options opts;
+  opts.node = "n1";
+  opts.data_dir = tmp.path() + "/data";
+  opts.cgroup_parent = "cn-test-" + std::to_string(getpid());
+  opts.stop_grace_ms = 1000;
+  opts.pids_max = 64;
+  chmod(tmp.path().c_str(), 0755);
+  return opts;
+}
+
 std::string TestCgroupPath(const std::string& suffix) {
   return "cn-test-" + std::to_string(getpid()) + "/" + suffix;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "node/base/fd.h"
+#include "node/runtime/runtime.h"
 
 namespace constellation::runtime::testing {
 
@@ -42,6 +43,10 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Options for a runtime of node "n1" with its data under `tmp`, in this process's test cgroups,
+// with a 1 s stop grace and 64 pids per instance; makes `tmp` traversable for the instances.
+Runtime::Options TestRuntimeOptions(const TempDir& tmp);
 
 // A cgroup path unique to this test process: "cn-test-<pid>/<suffix>".
 std::string TestCgroupPath(const std::string& suffix);
